@@ -1,0 +1,316 @@
+"""Wires the parts together and runs them: listeners, delivery, signals, worker processes.
+
+The parent process validates the configuration, prepares ``paths.var`` (spool recovery,
+generated certificate and DKIM key), binds the listening sockets and then either runs one worker
+itself or forks ``workers`` processes that share those sockets, so the kernel spreads
+connections over the cores. Each worker runs intake and delivery on its own event loop; the spool
+is shared, and a rename decides which worker delivers a message. SIGTERM drains (stop accepting,
+finish sessions in DATA, finish delivery attempts in flight), SIGHUP reloads the configuration
+and keeps the running one if the new one is bad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .audit import AuditLog, configure_stdlib_logging
+from .authguard import AuthGuard
+from .config import Config, ConfigError, HostPort, load_config
+from .delivery import Delivery
+from .intake import GatewaySMTP, IntakeHandler, IntakeState, Listener
+from .policy import DeliverPolicy, Policy
+from .routing import Router, make_resolver
+from .smtpclient import SmtpSender
+from .spool import Spool
+from .tlsutil import ensure_dkim_key, ensure_self_signed, server_context
+from .users import UserDB
+
+LISTENERS = {
+    "relay": Listener("relay", require_auth=False, implicit_tls=False),
+    "submission": Listener("submission", require_auth=True, implicit_tls=False),
+    "submissions": Listener("submissions", require_auth=True, implicit_tls=True),
+}
+
+
+class ImplicitTlsSMTP(GatewaySMTP):
+    """Port 465: the connection is TLS from the first byte (RFC 8314)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if transport.get_extra_info("sslcontext") is not None and self.session is not None:
+            # tells aiosmtpd that the session is encrypted, so AUTH is offered
+            self._tls_protocol = transport  # type: ignore[assignment]
+            self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
+
+
+def prepare_var(config: Config) -> tuple[Path, Path]:
+    """Create the var folders, the certificate and the DKIM keys if none are configured."""
+    config.paths.var.mkdir(parents=True, exist_ok=True)
+    if config.tls.cert is not None and config.tls.key is not None:
+        cert, key = config.tls.cert, config.tls.key
+    else:
+        cert, key = ensure_self_signed(config.paths.var, config.hostname)
+    for domain in config.domains:
+        ensure_dkim_key(config.paths.var, domain)
+    return cert, key
+
+
+def bind(hp: HostPort) -> socket.socket:
+    family = socket.AF_INET6 if ":" in hp.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((hp.host, hp.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def sd_notify(state: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(state.encode())
+
+
+@dataclass
+class Runtime:
+    """Collaborators a test may replace."""
+
+    clock: Callable[[], float] = time.time
+    policy: Policy | None = None
+
+
+class Gateway:
+    """One worker: intake servers on the shared sockets plus delivery."""
+
+    def __init__(self, config: Config, config_path: Path, overrides: Sequence[str],
+                 sockets: dict[str, socket.socket], cert: Path, key: Path,
+                 runtime: Runtime | None = None, worker: int = 0,
+                 audit: AuditLog | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = list(overrides)
+        self.sockets = sockets
+        self.cert = cert
+        self.key = key
+        self.runtime = runtime or Runtime()
+        self.worker = worker
+        self.audit = audit or AuditLog(config.log.audit_file, config.log.stdout)
+        self.spool = Spool(config.paths.spool)
+        self.servers: list[asyncio.base_events.Server] = []
+        self.handlers: list[IntakeHandler] = []
+        self.delivery: Delivery | None = None
+        self.router: Router | None = None
+        self._stopped = asyncio.Event()
+
+    def _state(self, config: Config) -> IntakeState:
+        return IntakeState(config, self.runtime.policy or DeliverPolicy(),
+                           UserDB.load(config.auth.users_file))
+
+    async def start(self) -> None:
+        cfg = self.config
+        clock = self.runtime.clock
+        configure_stdlib_logging(self.audit)
+        self.spool.ensure()
+        state = self._state(cfg)
+        self.router = Router(cfg, make_resolver(cfg), clock)
+        sender = SmtpSender(cfg.hostname, cfg.delivery.connect_timeout,
+                            cfg.delivery.command_timeout, cfg.delivery.idle_connection)
+        self.delivery = Delivery(cfg, self.spool, self.audit, self.router, sender, clock,
+                                 scanner=self.worker == 0)
+        guard = AuthGuard(cfg.auth.max_failures, cfg.auth.failure_window, cfg.auth.lockout,
+                          cfg.auth.tarpit, clock)
+        tls_ctx = server_context(self.cert, self.key)
+        loop = asyncio.get_running_loop()
+        for name, sock in self.sockets.items():
+            listener = LISTENERS[name]
+            handler = IntakeHandler(listener, state, self.spool, self.audit, guard,
+                                    self.delivery.notify, clock)
+            self.handlers.append(handler)
+            self.servers.append(await loop.create_server(
+                self._factory(handler, listener, tls_ctx), sock=sock,
+                ssl=tls_ctx if listener.implicit_tls else None,
+                ssl_handshake_timeout=30 if listener.implicit_tls else None))
+        self.delivery.start()
+        self.audit.emit("service.started", {"process.pid": os.getpid(),
+                                            "process.worker": self.worker,
+                                            "service.state": "running"})
+
+    def _factory(self, handler: IntakeHandler, listener: Listener,
+                 tls_ctx: ssl.SSLContext) -> Callable[[], GatewaySMTP]:
+        def make() -> GatewaySMTP:
+            cfg = handler.state.config
+            cls = ImplicitTlsSMTP if listener.implicit_tls else GatewaySMTP
+            kw: dict[str, Any] = {
+                "data_size_limit": cfg.smtp.max_message_size,
+                "enable_SMTPUTF8": True,
+                "hostname": cfg.hostname,
+                "ident": "ESMTP phigate",
+                "tls_context": None if listener.implicit_tls else tls_ctx,
+                "timeout": cfg.smtp.timeout,
+                "auth_require_tls": True,
+            }
+            if listener.name == "relay":
+                kw["auth_exclude_mechanism"] = ["PLAIN", "LOGIN"]
+            return cls(handler, **kw)
+
+        return make
+
+    def reload(self) -> bool:
+        try:
+            new = load_config(self.config_path, self.overrides)
+            state = self._state(new)
+        except ConfigError as err:
+            self.audit.emit("config.reload_failed", {"config.file": str(self.config_path),
+                                                     "config.problems": err.problems,
+                                                     "event.outcome": "failure"})
+            return False
+        self.config = new
+        for h in self.handlers:
+            h.state = state
+        if self.delivery is not None and self.router is not None:
+            self.delivery.config = new
+            self.router.config = new
+            self.router.resolver = make_resolver(new)
+        self.audit.emit("config.reloaded", {"config.file": str(self.config_path),
+                                            "event.outcome": "success",
+                                            "process.worker": self.worker})
+        return True
+
+    async def stop(self, grace: float = 30.0) -> None:
+        for s in self.servers:
+            s.close()
+        deadline = time.monotonic() + grace
+        # bounded polling: sessions in DATA finish on their own, we only wait for them
+        while any(h.in_data for h in self.handlers) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self.delivery is not None:
+            await self.delivery.stop(max(1.0, deadline - time.monotonic()))
+        for s in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(s.wait_closed(), 1.0)
+        self.audit.emit("service.stopped", {"process.pid": os.getpid(),
+                                            "process.worker": self.worker,
+                                            "service.state": "stopped"})
+        self._stopped.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
+        loop.add_signal_handler(signal.SIGTERM, lambda: stopping.append(
+            asyncio.create_task(self.stop())) if not stopping else None)
+        loop.add_signal_handler(signal.SIGINT, lambda: stopping.append(
+            asyncio.create_task(self.stop())) if not stopping else None)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self.start()
+        await self._stopped.wait()
+
+
+def _run_worker(config: Config, config_path: Path, overrides: Sequence[str],
+                sockets: dict[str, socket.socket], cert: Path, key: Path, worker: int) -> None:
+    gw = Gateway(config, config_path, overrides, sockets, cert, key, worker=worker)
+    asyncio.run(gw.serve())
+
+
+def run(config_path: Path, overrides: Sequence[str]) -> int:
+    """``phigate run``: returns the process exit code."""
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as err:
+        print("\n".join(err.problems), file=sys.stderr)
+        return 1
+    cert, key = prepare_var(config)
+    audit = AuditLog(config.log.audit_file, config.log.stdout)
+    recovered = Spool(config.paths.spool).recover()
+    audit.emit("queue.recovered", {"count": recovered["requeued"],
+                                   "queue.count": recovered["corrupt"]})
+    sockets: dict[str, socket.socket] = {}
+    try:
+        for name in ("relay", "submission", "submissions"):
+            hp = getattr(config.listen, name)
+            if hp is not None:
+                sockets[name] = bind(hp)
+                audit.emit("service.listen", {"listener": name, "listen.address": str(hp)})
+    except OSError as exc:
+        print(f"cannot listen: {exc.strerror} ({exc.__class__.__name__})", file=sys.stderr)
+        return 1
+    if config.workers == 1:
+        sd_notify("READY=1")
+        _run_worker(config, config_path, overrides, sockets, cert, key, 0)
+        return 0
+    return _supervise(config, config_path, overrides, sockets, cert, key, audit)
+
+
+def _supervise(config: Config, config_path: Path, overrides: Sequence[str],
+               sockets: dict[str, socket.socket], cert: Path, key: Path,
+               audit: AuditLog) -> int:
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                _run_worker(config, config_path, overrides, sockets, cert, key, index)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def on_term(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def on_hup(signum: int, frame: Any) -> None:
+        try:
+            load_config(config_path, overrides)
+        except ConfigError as err:
+            audit.emit("config.reload_failed", {"config.file": str(config_path),
+                                                "config.problems": err.problems})
+            return
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    for i in range(config.workers):
+        spawn(i)
+    sd_notify("READY=1")
+    while children:
+        try:
+            pid, _ = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        if index is not None and not stopping:
+            audit.emit("service.worker_restarted", {"process.worker": index,
+                                                    "process.pid": pid})
+            time.sleep(0.5)
+            spawn(index)
+    return 0

@@ -1,0 +1,582 @@
+"""Load and validate ``conf/gateway.yaml`` into typed, frozen configuration objects.
+
+Every problem is reported as ``file:line: what is wrong`` so an admin can fix the file;
+``--set dotted.key=YAML`` overrides are validated the same way and reported as ``--set KEY``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+DEFAULT_CONFIG = Path("conf/gateway.yaml")
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already formatted as ``file:line: problem`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Listen:
+    relay: HostPort | None
+    submission: HostPort | None
+    submissions: HostPort | None
+
+
+@dataclass(frozen=True)
+class SmtpLimits:
+    max_message_size: int
+    max_recipients: int
+    max_header_size: int
+    timeout: float
+    data_timeout: float
+    max_line_length: int
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    users_file: Path
+    max_failures: int
+    failure_window: float
+    lockout: float
+    tarpit: float
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    first: float
+    max_backoff: float
+    expire: float
+    delay_warning: float
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    mode: str
+    smarthost: HostPort | None
+    transport: Mapping[str, HostPort]
+    concurrency: int
+    per_destination: int
+    connect_timeout: float
+    command_timeout: float
+    idle_connection: float
+    retry: RetryConfig
+    scan_interval: float
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[str, ...]
+    port: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path | None
+    key: Path | None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    audit_file: Path
+    stdout: bool
+
+
+@dataclass(frozen=True)
+class PortalConfig:
+    listen: HostPort
+    base_url: str
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: HostPort | None
+
+
+@dataclass(frozen=True)
+class Paths:
+    var: Path
+
+    @property
+    def spool(self) -> Path:
+        return self.var / "spool"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    hostname: str
+    organisation: str
+    domains: tuple[str, ...]
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    listen: Listen
+    smtp: SmtpLimits
+    auth: AuthConfig
+    delivery: DeliveryConfig
+    dns: DnsConfig
+    tls: TlsConfig
+    log: LogConfig
+    portal: PortalConfig
+    metrics: MetricsConfig
+    paths: Paths
+    workers: int
+    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted_networks)
+
+    def is_own_domain(self, domain: str) -> bool:
+        domain = domain.lower().rstrip(".")
+        return any(domain == d or domain.endswith("." + d) for d in self.domains)
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key, by dotted path."""
+
+
+def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[str, int]]:
+    lines: dict[str, int] = {}
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{filename}:{line}: YAML syntax error: {problem}"]) from None
+    if node is None:
+        return {}, lines
+
+    def walk(n: yaml.Node, path: str) -> None:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = str(k.value)
+                sub = f"{path}.{key}" if path else key
+                lines[sub] = k.start_mark.line + 1
+                walk(v, sub)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                walk(v, f"{path}[{i}]")
+
+    walk(node, "")
+    data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    return data, lines
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse one ``--set dotted.key=YAML`` argument."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError([f"--set {item}: expected KEY=VALUE, e.g. listen.relay=127.0.0.1:2525"])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"--set {key}: value is not valid YAML: {exc}"]) from None
+    return key, parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, str]:
+    """Apply ``--set`` overrides in place; return the origin label of each overridden key."""
+    origins: dict[str, str] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        node: dict[str, Any] = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+        origins[key] = f"--set {key}"
+    return origins
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Checker:
+    """Walks the raw mapping, converting values and collecting ``file:line`` problems."""
+
+    def __init__(self, filename: str, lines: Mapping[str, int], origins: Mapping[str, str]):
+        self.filename = filename
+        self.lines = lines
+        self.origins = origins
+        self.problems: list[str] = []
+
+    def where(self, path: str) -> str:
+        for key, label in self.origins.items():
+            if path == key or path.startswith(key + ".") or path.startswith(key + "["):
+                return label
+        probe = path
+        while probe:
+            if probe in self.lines:
+                return f"{self.filename}:{self.lines[probe]}"
+            probe = probe.rpartition(".")[0]
+        return f"{self.filename}:1"
+
+    def fail(self, path: str, problem: str) -> None:
+        self.problems.append(f"{self.where(path)}: {path}: {problem}")
+
+    def section(self, data: Any, path: str, known: Iterable[str]) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            self.fail(path, f"expected a mapping, got {type(data).__name__}")
+            return {}
+        allowed = set(known)
+        for key in data:
+            if key not in allowed:
+                sub = f"{path}.{key}" if path else str(key)
+                known_keys = ", ".join(sorted(allowed))
+                self.fail(sub, f"unknown key '{key}' (expected one of: {known_keys})")
+        return data
+
+    def get(
+        self, data: Mapping[str, Any], path: str, key: str, conv: Callable[[Any], T], default: T
+    ) -> T:
+        sub = f"{path}.{key}" if path else key
+        if key not in data or (data[key] is None and default is None):
+            return default
+        try:
+            return conv(data[key])
+        except (ValueError, TypeError) as exc:
+            self.fail(sub, str(exc))
+            return default
+
+
+def _hostport(value: Any) -> HostPort:
+    if not isinstance(value, str):
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT with a port 1-65535, got '{value}'")
+    return HostPort(host, int(port))
+
+
+def _hp(host: str, port: int) -> HostPort | None:
+    return HostPort(host, port)
+
+
+def _opt_hostport(value: Any) -> HostPort | None:
+    if value in (None, "", False, "off"):
+        return None
+    return _hostport(value)
+
+
+def _positive(kind: type[T]) -> Callable[[Any], T]:
+    def conv(value: Any) -> T:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        if value <= 0:
+            raise ValueError(f"must be greater than 0, got {value}")
+        return kind(value)  # type: ignore[call-arg]
+
+    return conv
+
+
+def _size(value: Any) -> int:
+    """Sizes accept plain bytes or a suffix: 35MB, 512KB, 1GiB."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper().replace("IB", "B")
+        for suffix, mult in (("KB", 1024), ("MB", 1024**2), ("GB", 1024**3), ("B", 1)):
+            if text.endswith(suffix) and text[: -len(suffix)].strip().replace(".", "", 1).isdigit():
+                return int(float(text[: -len(suffix)]) * mult)
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+    raise ValueError(f"expected a size such as 35MB or 1048576, got {value!r}")
+
+
+def _duration(value: Any) -> float:
+    """Durations accept seconds or a suffix: 300s, 5m, 1h, 5d."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        for suffix, mult in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)):
+            num = text[: -len(suffix)]
+            if text.endswith(suffix) and num.replace(".", "", 1).isdigit():
+                return float(num) * mult
+    raise ValueError(f"expected a duration such as 300, 5m, 4h or 5d, got {value!r}")
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _domain(value: Any) -> str:
+    text = _string(value).lower().rstrip(".")
+    labels = text.split(".")
+    if any(not lab or len(lab) > 63 for lab in labels) or any(c.isspace() for c in text):
+        raise ValueError(f"'{value}' is not a domain name")
+    return text
+
+
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise ValueError(f"'{value}' is not an IP network (e.g. 10.0.0.0/8 or ::1/128)") from None
+
+
+def _list(conv: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
+    def inner(value: Any) -> tuple[T, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {type(value).__name__}")
+        return tuple(conv(v) for v in value)
+
+    return inner
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def conv(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"'{value}' is not one of: {', '.join(options)}")
+        return str(value)
+
+    return conv
+
+
+def _workers(value: Any) -> int:
+    if value == "auto":
+        return max(1, os.cpu_count() or 1)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64:
+        return value
+    raise ValueError(f"expected 'auto' or a number of processes 1-64, got {value!r}")
+
+
+def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | None:
+    top = chk.section(
+        data,
+        "",
+        [
+            "hostname", "organisation", "domains", "trusted_networks", "listen", "smtp", "auth",
+            "delivery", "dns", "tls", "log", "portal", "metrics", "paths", "workers",
+            "rules", "dkim", "ratelimit", "audit",
+        ],
+    )
+    paths_d = chk.section(top.get("paths"), "paths", ["var"])
+    var = Path(chk.get(paths_d, "paths", "var", _string, "./var"))
+    paths = Paths(var=var)
+
+    def conf_path(value: Any) -> Path:
+        p = Path(_string(value))
+        return p if p.is_absolute() else base / p
+
+    def var_path(value: Any) -> Path:
+        p = Path(_string(value))
+        return p if p.is_absolute() else var / p
+
+    listen_d = chk.section(top.get("listen"), "listen", ["relay", "submission", "submissions"])
+    listen = Listen(
+        relay=chk.get(listen_d, "listen", "relay", _opt_hostport, _hp("127.0.0.1", 2525)),
+        submission=chk.get(
+            listen_d, "listen", "submission", _opt_hostport, _hp("127.0.0.1", 2587)
+        ),
+        submissions=chk.get(
+            listen_d, "listen", "submissions", _opt_hostport, _hp("127.0.0.1", 2465)
+        ),
+    )
+    smtp_d = chk.section(
+        top.get("smtp"),
+        "smtp",
+        ["max_message_size", "max_recipients", "max_header_size", "timeout", "data_timeout",
+         "max_line_length"],
+    )
+    smtp = SmtpLimits(
+        max_message_size=chk.get(smtp_d, "smtp", "max_message_size", _size, 35 * 1024 * 1024),
+        max_recipients=chk.get(smtp_d, "smtp", "max_recipients", _positive(int), 1000),
+        max_header_size=chk.get(smtp_d, "smtp", "max_header_size", _size, 1024 * 1024),
+        timeout=chk.get(smtp_d, "smtp", "timeout", _duration, 300.0),
+        data_timeout=chk.get(smtp_d, "smtp", "data_timeout", _duration, 600.0),
+        max_line_length=chk.get(smtp_d, "smtp", "max_line_length", _positive(int), 998),
+    )
+    auth_d = chk.section(
+        top.get("auth"),
+        "auth",
+        ["users_file", "max_failures", "failure_window", "lockout", "tarpit"],
+    )
+    auth = AuthConfig(
+        users_file=chk.get(auth_d, "auth", "users_file", conf_path, base / "users.yaml"),
+        max_failures=chk.get(auth_d, "auth", "max_failures", _positive(int), 5),
+        failure_window=chk.get(auth_d, "auth", "failure_window", _duration, 900.0),
+        lockout=chk.get(auth_d, "auth", "lockout", _duration, 900.0),
+        tarpit=chk.get(auth_d, "auth", "tarpit", _duration, 1.0),
+    )
+    deliv_d = chk.section(
+        top.get("delivery"),
+        "delivery",
+        ["mode", "smarthost", "transport", "concurrency", "per_destination", "connect_timeout",
+         "command_timeout", "idle_connection", "retry", "scan_interval"],
+    )
+    retry_d = chk.section(
+        deliv_d.get("retry"), "delivery.retry", ["first", "max_backoff", "expire", "delay_warning"]
+    )
+    retry = RetryConfig(
+        first=chk.get(retry_d, "delivery.retry", "first", _duration, 300.0),
+        max_backoff=chk.get(retry_d, "delivery.retry", "max_backoff", _duration, 4000.0),
+        expire=chk.get(retry_d, "delivery.retry", "expire", _duration, 5 * 86400.0),
+        delay_warning=chk.get(retry_d, "delivery.retry", "delay_warning", _duration, 4 * 3600.0),
+    )
+    transport: dict[str, HostPort] = {}
+    raw_transport = deliv_d.get("transport") or {}
+    if not isinstance(raw_transport, dict):
+        chk.fail("delivery.transport", "expected a map of DOMAIN: HOST:PORT")
+    else:
+        for dom, hp in raw_transport.items():
+            sub = f"delivery.transport.{dom}"
+            try:
+                transport[_domain(dom)] = _hostport(hp)
+            except ValueError as exc:
+                chk.fail(sub, str(exc))
+    mode = chk.get(deliv_d, "delivery", "mode", _choice("mx", "smarthost"), "mx")
+    smarthost = chk.get(deliv_d, "delivery", "smarthost", _opt_hostport, None)
+    if mode == "smarthost" and smarthost is None:
+        chk.fail("delivery.mode", "mode 'smarthost' needs delivery.smarthost (HOST:PORT)")
+    delivery = DeliveryConfig(
+        mode=mode,
+        smarthost=smarthost,
+        transport=transport,
+        concurrency=chk.get(deliv_d, "delivery", "concurrency", _positive(int), 50),
+        per_destination=chk.get(deliv_d, "delivery", "per_destination", _positive(int), 10),
+        connect_timeout=chk.get(deliv_d, "delivery", "connect_timeout", _duration, 30.0),
+        command_timeout=chk.get(deliv_d, "delivery", "command_timeout", _duration, 300.0),
+        idle_connection=chk.get(deliv_d, "delivery", "idle_connection", _duration, 5.0),
+        retry=retry,
+        scan_interval=chk.get(deliv_d, "delivery", "scan_interval", _duration, 1.0),
+    )
+    dns_d = chk.section(top.get("dns"), "dns", ["nameservers", "port", "timeout"])
+    dns = DnsConfig(
+        nameservers=chk.get(dns_d, "dns", "nameservers", _list(_ip_text), ()),
+        port=chk.get(dns_d, "dns", "port", _positive(int), 53),
+        timeout=chk.get(dns_d, "dns", "timeout", _duration, 5.0),
+    )
+    tls_d = chk.section(top.get("tls"), "tls", ["cert", "key"])
+    tls = TlsConfig(
+        cert=chk.get(tls_d, "tls", "cert", conf_path, None),
+        key=chk.get(tls_d, "tls", "key", conf_path, None),
+    )
+    if (tls.cert is None) != (tls.key is None):
+        chk.fail("tls", "set both tls.cert and tls.key, or neither (one is generated)")
+    log_d = chk.section(top.get("log"), "log", ["audit_file", "stdout"])
+    log = LogConfig(
+        audit_file=chk.get(log_d, "log", "audit_file", var_path, var / "log" / "audit.jsonl"),
+        stdout=chk.get(log_d, "log", "stdout", _bool, True),
+    )
+    portal_d = chk.section(top.get("portal"), "portal", ["listen", "base_url"])
+    portal_listen = chk.get(portal_d, "portal", "listen", _hostport, HostPort("127.0.0.1", 8080))
+    portal = PortalConfig(
+        listen=portal_listen,
+        base_url=chk.get(portal_d, "portal", "base_url", _string, f"http://{portal_listen}"),
+    )
+    metrics_d = chk.section(top.get("metrics"), "metrics", ["listen"])
+    metrics = MetricsConfig(
+        listen=chk.get(metrics_d, "metrics", "listen", _opt_hostport, _hp("127.0.0.1", 9325))
+    )
+    cfg = Config(
+        source=source,
+        hostname=chk.get(top, "", "hostname", _domain, _default_hostname()),
+        organisation=chk.get(top, "", "organisation", _string, "phigate"),
+        domains=chk.get(top, "", "domains", _list(_domain), ()),
+        trusted_networks=chk.get(
+            top, "", "trusted_networks", _list(_network),
+            (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        ),
+        listen=listen,
+        smtp=smtp,
+        auth=auth,
+        delivery=delivery,
+        dns=dns,
+        tls=tls,
+        log=log,
+        portal=portal,
+        metrics=metrics,
+        paths=paths,
+        workers=chk.get(top, "", "workers", _workers, 1),
+        raw=top,
+    )
+    return None if chk.problems else cfg
+
+
+def _ip_text(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ValueError(f"'{value}' is not an IP address") from None
+
+
+def _default_hostname() -> str:
+    import socket
+
+    name = socket.getfqdn()
+    return name.lower() if "." in name else "phigate.localdomain"
+
+
+def load_config(path: Path | str | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load, override and validate. Raises ConfigError listing every problem found."""
+    source = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{source}:1: configuration file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{source}:1: cannot read: {exc.strerror}"]) from None
+    data, lines = _load_with_lines(text, str(source))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: the file must be a YAML mapping of settings"])
+    origins = apply_overrides(data, overrides)
+    chk = _Checker(str(source), lines, origins)
+    cfg = _validate(data, chk, source, source.parent)
+    if cfg is None:
+        raise ConfigError(chk.problems)
+    return cfg

@@ -1,0 +1,340 @@
+"""Delivery workers: claim spooled messages, route and send them, retry, bounce, expire.
+
+A message is claimed by renaming it into ``active/``; each recipient ends ``delivered``,
+``bounced`` (5xx, a permanent routing error, or expiry: an RFC 3464 bounce with headers only
+goes to the sender, never to the null sender) or stays ``pending`` for the next attempt, with
+Postfix-like exponential back-off. Time comes from the injected clock, so tests drive retries
+and expiry without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from .audit import AuditLog
+from .config import Config
+from .dsn import FailedRecipient, build_bounce, status_for
+from .model import DeliveryStatus, Envelope, RecipientStatus, RecipientVerdict, Verdict
+from .routing import Route, RouteError, Router
+from .smtpclient import Outcome, SmtpSender, Transaction
+from .spool import Spool, SpoolError
+
+FLUSH_TRIGGER = "flush"
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+class Delivery:
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        audit: AuditLog,
+        router: Router,
+        sender: SmtpSender,
+        clock: Callable[[], float] = time.time,
+        scanner: bool = True,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.audit = audit
+        self.router = router
+        self.sender = sender
+        self.clock = clock
+        self.scanner = scanner
+        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._deferred: list[tuple[float, str]] = []
+        self._dest_sems: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(self.config.delivery.per_destination)
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[str] = set()
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._flush_mtime = self._trigger_mtime()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def notify(self, queue_id: str, state: str = "incoming") -> None:
+        if state in ("incoming", "deferred") and not self._stopping:
+            self._queue.put_nowait((queue_id, state))
+
+    def start(self) -> None:
+        for _ in range(self.config.delivery.concurrency):
+            self._tasks.append(asyncio.create_task(self._worker()))
+        self._tasks.append(asyncio.create_task(self._scheduler()))
+        if self.scanner:
+            self.scan_disk()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop taking work; let attempts in flight finish (bounded), then close connections.
+        Anything unfinished stays in ``active/`` and is recovered at the next start."""
+        self._stopping = True
+        deadline = self.clock() + grace
+        while self._inflight and self.clock() < deadline:  # noqa: ASYNC110 - bounded wait
+            await asyncio.sleep(0.05)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        await self.sender.close()
+
+    def scan_disk(self) -> None:
+        """Queue what is on disk: incoming now, deferred by its next attempt time."""
+        for qid in self.spool.ids("incoming"):
+            self.notify(qid, "incoming")
+        for qid in self.spool.ids("deferred"):
+            try:
+                header = self.spool.read_header("deferred", qid)
+            except (FileNotFoundError, SpoolError):
+                continue
+            status = self.spool.status(qid, header.envelope.rcpt_tos)
+            heapq.heappush(self._deferred, (status.next_attempt, qid))
+
+    def _trigger_mtime(self) -> float:
+        try:
+            return os.stat(self.spool.root / FLUSH_TRIGGER).st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    async def _scheduler(self) -> None:
+        interval = self.config.delivery.scan_interval
+        last_reap = self.clock()
+        last_scan = self.clock()
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            if self.scanner:
+                mtime = self._trigger_mtime()
+                if mtime != self._flush_mtime or self.clock() - last_scan > 60:
+                    self._flush_mtime = mtime
+                    last_scan = self.clock()
+                    self._deferred.clear()
+                    self.scan_disk()
+            self.run_due_nowait()
+            if self.clock() - last_reap >= 1.0:
+                last_reap = self.clock()
+                await self.sender.reap()
+
+    def run_due_nowait(self) -> list[str]:
+        now = self.clock()
+        due: list[str] = []
+        while self._deferred and self._deferred[0][0] <= now:
+            _, qid = heapq.heappop(self._deferred)
+            due.append(qid)
+            self.notify(qid, "deferred")
+        return due
+
+    async def run_due(self) -> list[str]:
+        """Attempt every deferred message whose time has come (by the injected clock), now,
+        in this task. Used by tests and by ``queue flush`` without a running gateway."""
+        now = self.clock()
+        due: list[str] = []
+        while self._deferred and self._deferred[0][0] <= now:
+            due.append(heapq.heappop(self._deferred)[1])
+        for qid in due:
+            await self.process(qid, "deferred")
+        return due
+
+    async def drain(self) -> None:
+        """Process everything queued so far in this task (tests, one-shot flush)."""
+        while not self._queue.empty():
+            qid, state = self._queue.get_nowait()
+            await self.process(qid, state)
+
+    async def _worker(self) -> None:
+        while True:
+            qid, state = await self._queue.get()
+            if self._stopping:
+                continue
+            try:
+                await self.process(qid, state)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.audit.emit("delivery.internal_error", {"email.local_id": qid,
+                                                            "error.type": type(exc).__name__})
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def process(self, queue_id: str, state: str) -> bool:
+        """Claim and attempt one message. False if another worker had it."""
+        if not self.spool.claim(queue_id, state):
+            return False
+        self._inflight.add(queue_id)
+        try:
+            await self._attempt(queue_id)
+        except SpoolError:
+            self.spool.quarantine_corrupt("active", queue_id)
+            self.audit.emit("queue.corrupt", {"email.local_id": queue_id})
+        except asyncio.CancelledError:
+            raise  # left in active/: recovered to incoming at the next start
+        except Exception as exc:
+            # Never lose the message: put it back for a later attempt.
+            self.audit.emit("delivery.internal_error", {"email.local_id": queue_id,
+                                                        "error.type": type(exc).__name__})
+            self._defer_file(queue_id, self.clock() + self.config.delivery.retry.first)
+        finally:
+            self._inflight.discard(queue_id)
+        return True
+
+    def _defer_file(self, queue_id: str, when: float) -> None:
+        if self.spool.move(queue_id, "active", "deferred"):
+            heapq.heappush(self._deferred, (when, queue_id))
+
+    async def _attempt(self, qid: str) -> None:
+        header = self.spool.read_header("active", qid)
+        env = header.envelope
+        status = self.spool.status(qid, env.rcpt_tos)
+        pending = list(status.pending)
+        data = self.spool.read_message("active", qid)
+        attempt_no = status.attempts + 1
+        started = self.clock()
+
+        # Group recipients by route; routing errors decide those recipients at once.
+        groups: dict[str, tuple[Route, list[str]]] = {}
+        outcomes: list[Outcome] = []
+        for rcpt in pending:
+            try:
+                route = await self.router.route(_domain(rcpt))
+            except RouteError as err:
+                code = 550 if err.permanent else 451
+                outcomes.append(Outcome(rcpt, code, f"{err.status} {err.text}", None, None))
+                continue
+            groups.setdefault(route.key, (route, []))[1].append(rcpt)
+
+        async def send_group(route: Route, rcpts: list[str]) -> list[Outcome]:
+            tx = Transaction(env.mail_from, rcpts, data, env.smtputf8, env.body_8bit)
+            async with self._dest_sems[route.key]:
+                return await self.sender.send(route, tx)
+
+        results = await asyncio.gather(*(send_group(r, rc) for r, rc in groups.values()))
+        for group in results:
+            outcomes.extend(group)
+        duration = self.clock() - started
+        self._finish(qid, header.kind, env, data, status, outcomes, attempt_no, duration)
+
+    def _finish(self, qid: str, kind: str, env: Envelope, data: bytes, status: DeliveryStatus,
+                outcomes: list[Outcome], attempt_no: int, duration: float) -> None:
+        by_rcpt = {o.recipient: o for o in outcomes}
+        new_statuses: list[RecipientStatus] = []
+        failed: list[FailedRecipient] = []
+        for rs in status.recipients:
+            o = by_rcpt.get(rs.recipient)
+            if o is None:
+                new_statuses.append(rs)
+                continue
+            self._log_outcome(qid, o, attempt_no, duration)
+            state = {"delivered": "delivered", "bounced": "bounced"}.get(o.kind, "pending")
+            new_statuses.append(RecipientStatus(rs.recipient, state, rs.attempts + 1,
+                                                o.code, o.reply[:300]))
+            if o.kind == "bounced":
+                failed.append(self._failed(o))
+        status = replace(status, recipients=tuple(new_statuses), attempts=attempt_no)
+        now = self.clock()
+        retry = self.config.delivery.retry
+        if status.pending and now - env.received_at >= retry.expire:
+            expired = []
+            for rs in status.recipients:
+                if rs.state == "pending":
+                    expired.append(rs)
+                    failed.append(FailedRecipient(
+                        rs.recipient, "4.4.7",
+                        f"message expired after {retry.expire / 86400:g} days in queue; "
+                        f"last error: {rs.last_code} {rs.last_reply}".strip(),
+                        None))
+            status = replace(status, recipients=tuple(
+                replace(rs, state="bounced") if rs.state == "pending" else rs
+                for rs in status.recipients))
+            self.audit.emit("message.expired", {"email.local_id": qid,
+                                                "email.to.address": [r.recipient for r in expired],
+                                                "queue.age": round(now - env.received_at, 1)})
+        if failed:
+            self._bounce(qid, kind, env, data, failed)
+        if not status.pending:
+            self.spool.remove(qid, "active")
+            self.audit.emit("queue.removed", {"email.local_id": qid,
+                                              "queue.attempt": attempt_no})
+            return
+        if (not status.warned and kind == "message" and env.mail_from
+                and now - env.received_at >= retry.delay_warning):
+            self._bounce(qid, kind, env, data, [
+                FailedRecipient(rs.recipient, status_for(rs.last_code, rs.last_reply),
+                                f"{rs.last_code} {rs.last_reply}".strip(), None, "delayed")
+                for rs in status.recipients if rs.state == "pending"], delayed=True)
+            status = replace(status, warned=True)
+        delay = min(retry.first * (2 ** (attempt_no - 1)), retry.max_backoff)
+        status = replace(status, next_attempt=now + delay)
+        self.spool.set_status(qid, status)
+        self._defer_file(qid, status.next_attempt)
+        self.audit.emit("message.deferred", {
+            "email.local_id": qid, "queue.attempt": attempt_no, "queue.state": "deferred",
+            "queue.next_attempt": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                time.gmtime(status.next_attempt)),
+            "email.to.address": list(status.pending)})
+
+    def _failed(self, o: Outcome) -> FailedRecipient:
+        diag = f"smtp; {o.code} {o.reply}" if o.hop is not None else o.reply
+        return FailedRecipient(o.recipient, status_for(o.code, o.reply), diag,
+                               o.hop.name if o.hop else None)
+
+    def _log_outcome(self, qid: str, o: Outcome, attempt_no: int, duration: float) -> None:
+        fields: dict[str, Any] = {
+            "email.local_id": qid,
+            "email.to.address": o.recipient,
+            "destination.domain": _domain(o.recipient),
+            "event.outcome": "success" if o.kind == "delivered" else "failure",
+            "smtp.code": o.code,
+            "smtp.reply": o.reply,
+            "queue.attempt": attempt_no,
+            "delivery.duration": round(duration, 4),
+            "tls.established": o.tls is not None,
+        }
+        if o.hop is not None:
+            fields.update({"destination.address": o.hop.name, "destination.ip": o.hop.ip,
+                           "destination.port": o.hop.port})
+        if o.tls is not None:
+            fields.update({"tls.version": o.tls.version, "tls.cipher": o.tls.cipher})
+        self.audit.emit(f"delivery.{o.kind}", fields)
+
+    def _bounce(self, qid: str, kind: str, env: Envelope, data: bytes,
+                failed: list[FailedRecipient], delayed: bool = False) -> None:
+        if not env.mail_from or kind != "message":
+            # RFC 5321 6.1: never bounce a bounce, never send to the null sender.
+            self.audit.emit("bounce.suppressed", {"email.local_id": qid,
+                                                  "event.reason": "null_sender"})
+            return
+        now = self.clock()
+        raw = build_bounce(
+            reporting_mta=self.config.hostname,
+            original_sender=env.mail_from,
+            original_queue_id=qid,
+            arrival_date=env.received_at,
+            recipients=failed,
+            original=data,
+            now=now,
+            delayed=delayed,
+        )
+        benv = Envelope(mail_from="", rcpt_tos=(env.mail_from,), listener="bounce",
+                        received_at=now, smtputf8=env.smtputf8)
+        verdict = Verdict(recipients=(RecipientVerdict(env.mail_from, "deliver", "bounce"),))
+        bid = self.spool.store(benv, verdict, raw, kind="warning" if delayed else "bounce",
+                               now=now)
+        self.audit.emit("bounce.created" if not delayed else "bounce.delay_warning", {
+            "email.local_id": bid, "related.local_id": qid,
+            "email.to.address": env.mail_from,
+            "count": len(failed)})
+        self.notify(bid, "incoming")

@@ -1,0 +1,381 @@
+"""SMTP intake: the three listeners, admission (relay, AUTH, senders), and end of DATA.
+
+aiosmtpd runs the protocol; ``GatewaySMTP`` changes three things in it:
+
+* DATA is read in large chunks up to the ``<CRLF>.<CRLF>`` terminator instead of line by line
+  (the stock reader spends most of its time in per-line ``readuntil`` calls), and the body is
+  checked as a whole: bare CR or LF (SMTP smuggling), NUL bytes, overlong lines, size;
+* AUTH verifies argon2 hashes off the event loop and goes through ``AuthGuard``;
+* PIPELINING is advertised (aiosmtpd reads pipelined commands correctly already).
+
+``IntakeHandler`` holds the policy: who may relay, which senders a user may use, and the end of
+DATA pipeline (parse, decide, spool with fsync, then 250).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import errno
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+
+from .audit import AuditLog
+from .authguard import AuthGuard
+from .config import Config
+from .mime import ParsedMessage, header_section_size
+from .model import Envelope
+from .policy import Policy
+from .spool import Spool, new_queue_id
+from .users import User, UserDB
+
+READ_CHUNK_LIMIT = 1 << 20  # StreamReader buffer while in DATA (pauses the socket at 2x)
+
+
+class _PendingAuth(AuthResult):
+    """Marker returned by the synchronous ``_authenticate`` hook: verify asynchronously."""
+
+
+@dataclass
+class Listener:
+    name: str  # relay | submission | submissions
+    require_auth: bool
+    implicit_tls: bool
+
+
+class IntakeState:
+    """What every handler shares; replaced as a whole on reload."""
+
+    def __init__(self, config: Config, policy: Policy, users: UserDB) -> None:
+        self.config = config
+        self.policy = policy
+        self.users = users
+
+
+class GatewaySMTP(SMTP):
+    def __init__(self, handler: IntakeHandler, **kw: Any) -> None:
+        super().__init__(handler, **kw)
+        self.gw = handler
+
+    # ------------------------------------------------------------------ connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first and self.session is not None:
+            self.gw.on_connect(self.session)
+
+    # ------------------------------------------------------------------ AUTH
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        return _PendingAuth(success=False, handled=False, auth_data=(mechanism, auth_data))
+
+    async def _finish_auth(self, result: AuthResult) -> AuthResult:
+        if not isinstance(result, _PendingAuth):
+            return result
+        data: Any = result.auth_data
+        mechanism, lp = data
+        assert isinstance(lp, LoginPassword) and self.session is not None
+        return await self.gw.authenticate(self.session, mechanism, lp)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish_auth(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish_auth(await super().auth_LOGIN(_, args))
+
+    # ------------------------------------------------------------------ DATA
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None and self.session is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.gw.in_data += 1
+        try:
+            reply = await self._read_data()
+            if reply is None:
+                reply = await self.gw.end_of_data(self.session, self.envelope)
+        finally:
+            self.gw.in_data -= 1
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(reply)
+
+    async def _read_data(self) -> str | None:
+        """Read up to the terminator. On success sets ``envelope.content``; otherwise returns
+        the error reply (after the whole DATA has been read, RFC 5321 4.2.5)."""
+        assert self.envelope is not None
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        old_limit = reader._limit  # type: ignore[attr-defined]
+        reader._limit = READ_CHUNK_LIMIT  # type: ignore[attr-defined]
+        buf = bytearray()
+        total = 0
+        too_big = False
+        self._reset_timeout(self.gw.state.config.smtp.data_timeout)
+        try:
+            while True:
+                try:
+                    piece = await reader.readuntil(b".\r\n")
+                except asyncio.LimitOverrunError as e:
+                    piece = await reader.read(e.consumed)
+                    found = False
+                else:
+                    found = True
+                total += len(piece)
+                buf += piece
+                if found and (total == 3 or buf[-5:-3] == b"\r\n"):
+                    break
+                if limit and total > limit + 5:
+                    too_big = True
+                    del buf[:-4]  # keep just enough to recognise the terminator
+        finally:
+            reader._limit = old_limit  # type: ignore[attr-defined]
+            self._reset_timeout()
+        if too_big:
+            return "552 5.3.4 Message size exceeds fixed maximum message size"
+        del buf[-3:]  # the ".\r\n" of the terminator
+        data = bytes(buf)
+        del buf
+        return self.gw.check_body(self.envelope, data)
+
+
+class IntakeHandler:
+    """aiosmtpd handler for one listener."""
+
+    def __init__(
+        self,
+        listener: Listener,
+        state: IntakeState,
+        spool: Spool,
+        audit: AuditLog,
+        guard: AuthGuard,
+        on_queued: Callable[[str, str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.listener = listener
+        self.state = state
+        self.spool = spool
+        self.audit = audit
+        self.guard = guard
+        self.on_queued = on_queued
+        self.clock = clock
+        self.in_data = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _peer(self, session: Session) -> tuple[str, int]:
+        peer = session.peer
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return str(peer[0]), int(peer[1])
+        return "", 0
+
+    def _base(self, session: Session) -> dict[str, Any]:
+        ip, port = self._peer(session)
+        return {"source.ip": ip, "source.port": port, "listener": self.listener.name}
+
+    def on_connect(self, session: Session) -> None:
+        self.audit.emit("smtp.connect", self._base(session))
+
+    # ------------------------------------------------------------------ hooks
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        responses.insert(-1, "250-PIPELINING")
+        responses.insert(-1, "250-ENHANCEDSTATUSCODES")
+        return responses
+
+    async def authenticate(self, session: Session, mechanism: str,
+                           lp: LoginPassword) -> AuthResult:
+        ip, _ = self._peer(session)
+        login = lp.login.decode("utf-8", "replace") if lp.login else ""
+        password = lp.password.decode("utf-8", "replace") if lp.password else ""
+        base = {**self._base(session), "auth.mechanism": mechanism, "user.name": login[:64]}
+        if self.guard.locked(ip, login):
+            self.audit.emit("auth.refused", {**base, "event.outcome": "failure",
+                                             "event.reason": "locked_out"})
+            return AuthResult(success=False, handled=False,
+                              message="454 4.7.0 Too many failed logins; try again later")
+        loop = asyncio.get_running_loop()
+        user: User | None = await loop.run_in_executor(
+            None, self.state.users.verify, login, password
+        )
+        if user is None:
+            failures, delay, started = self.guard.failure(ip, login)
+            self.audit.emit("auth.failure", {**base, "event.outcome": "failure",
+                                             "auth.failures": failures})
+            if started:
+                self.audit.emit("auth.lockout", {**base, "auth.failures": failures})
+            if delay:
+                await asyncio.sleep(delay)
+            return AuthResult(success=False, handled=False,
+                              message="535 5.7.8 Authentication credentials invalid")
+        self.guard.success(ip, login)
+        self.audit.emit("auth.success", {**base, "event.outcome": "success"})
+        return AuthResult(success=True, handled=False, auth_data=user)
+
+    def _user(self, session: Session) -> User | None:
+        data = session.auth_data
+        return data if isinstance(data, User) else None
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        cfg = self.state.config
+        sender = "" if address == "<>" else address
+        user = self._user(session)
+        ip, _ = self._peer(session)
+        if self.listener.require_auth and user is None:
+            return "530 5.7.0 Authentication required"
+        if user is not None:
+            if not sender or not user.may_send_as(sender):
+                self.audit.emit("smtp.mail_refused", {
+                    **self._base(session), "user.name": user.name,
+                    "email.from.address": sender, "event.reason": "sender_not_owned"})
+                return f"553 5.7.1 Sender address <{sender}> not allowed for user {user.name}"
+        elif (cfg.domains and sender and cfg.is_trusted(ip)
+              and not cfg.is_own_domain(sender.rpartition("@")[2])):
+            self.audit.emit("smtp.mail_refused", {
+                **self._base(session), "email.from.address": sender,
+                "event.reason": "foreign_sender_domain"})
+            return "553 5.7.1 Sender domain is not one of this organisation's domains"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        cfg = self.state.config
+        ip, _ = self._peer(session)
+        if self._user(session) is None and not cfg.is_trusted(ip):
+            self.audit.emit("smtp.relay_denied", {**self._base(session),
+                                                  "event.outcome": "failure",
+                                                  "email.to.address": address})
+            return "554 5.7.1 Relay access denied"
+        if "@" not in address:
+            return "501 5.1.3 Bad recipient address syntax"
+        if len(envelope.rcpt_tos) >= cfg.smtp.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_exception(self, error: Exception) -> str:
+        self.audit.emit("smtp.internal_error", {"error.type": type(error).__name__,
+                                                "listener": self.listener.name})
+        return "451 4.3.0 Internal error, please try again later"
+
+    # ------------------------------------------------------------------ end of DATA
+
+    def check_body(self, envelope: SmtpEnvelope, data: bytes) -> str | None:
+        """Validate the raw (dot-stuffed) body and store the unstuffed bytes on the envelope.
+        Returns an error reply or None."""
+        limits = self.state.config.smtp
+        crlf = data.count(b"\r\n")
+        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+            return "550 5.5.2 Message contains bare <CR> or <LF>; lines must end with <CR><LF>"
+        if b"\x00" in data:
+            return "550 5.6.0 Message contains NUL characters"
+        if data.startswith(b"."):
+            data = data[1:]
+        data = data.replace(b"\r\n.", b"\r\n")
+        if crlf and max(map(len, data.split(b"\r\n"))) > limits.max_line_length:
+            return (f"500 5.5.2 Line too long (the limit is {limits.max_line_length} bytes; "
+                    "encode long lines with quoted-printable or base64)")
+        if header_section_size(data) > limits.max_header_size:
+            return "552 5.3.4 Message header section too large"
+        envelope.original_content = data
+        envelope.content = data
+        return None
+
+    def _received(self, session: Session, envelope: SmtpEnvelope, qid: str) -> bytes:
+        ip, _ = self._peer(session)
+        proto = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP"
+        if session.ssl is not None or self.listener.implicit_tls:
+            proto += "S"
+        if self._user(session) is not None:
+            proto += "A"
+        helo = "".join(c for c in (session.host_name or "unknown") if c.isprintable())[:100]
+        host = self.state.config.hostname
+        rcpt = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+        date = email.utils.formatdate(self.clock(), localtime=True)
+        return (f"Received: from {helo} ([{ip}])\r\n\tby {host} (phigate) with {proto} "
+                f"id {qid}{rcpt};\r\n\t{date}\r\n").encode("utf-8", "replace")
+
+    async def end_of_data(self, session: Session, smtp_env: SmtpEnvelope) -> str:
+        content: bytes = smtp_env.original_content or b""
+        ip, _ = self._peer(session)
+        user = self._user(session)
+        mail_from = smtp_env.mail_from or ""
+        mail_from = "" if mail_from == "<>" else mail_from
+        declared_8bit = smtp_env.smtp_utf8 or any(
+            o.upper() == "BODY=8BITMIME" for o in smtp_env.mail_options)
+        undeclared_8bit = not content.isascii() and not declared_8bit
+        env = Envelope(
+            mail_from=mail_from,
+            rcpt_tos=tuple(smtp_env.rcpt_tos),
+            client_ip=ip,
+            client_helo=(session.host_name or "")[:255],
+            auth_user=user.name if user else None,
+            listener=self.listener.name,
+            smtputf8=bool(smtp_env.smtp_utf8),
+            body_8bit=not content.isascii(),
+            received_at=self.clock(),
+        )
+        qid = new_queue_id()
+        base = {**self._base(session), "email.local_id": qid,
+                "email.from.address": env.mail_from, "email.to.address": list(env.rcpt_tos),
+                "email.size": len(content), "user.name": env.auth_user}
+        try:
+            parsed = ParsedMessage(content)
+            verdict = self.state.policy.decide(env, parsed)
+        except Exception as exc:
+            self.audit.emit("message.deferred", {**base, "event.outcome": "failure",
+                                                 "event.reason": "policy_error",
+                                                 "error.type": type(exc).__name__})
+            return "451 4.3.0 Message could not be checked; please try again later"
+        self.audit.emit("message.verdict", {
+            "email.local_id": qid, "phi.detected": verdict.phi,
+            "phi.findings": [f.to_json() for f in verdict.findings],
+            "verdict.recipients": [rv.to_json() for rv in verdict.recipients]})
+        if verdict.reject_reason is not None:
+            self.audit.emit("message.rejected", {**base, "event.outcome": "failure",
+                                                 "event.reason": "policy_reject"})
+            return f"550 5.7.1 {verdict.reject_reason}"
+        raw = self._received(session, smtp_env, qid) + content
+        state = "hold" if verdict.held else "incoming"
+        loop = asyncio.get_running_loop()
+        try:
+            if len(raw) > 1 << 20:
+                await loop.run_in_executor(None, lambda: self.spool.store(
+                    env, verdict, raw, state=state, queue_id=qid))
+            else:
+                self.spool.store(env, verdict, raw, state=state, queue_id=qid)
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            self.audit.emit("message.deferred", {
+                **base, "event.outcome": "failure",
+                "event.reason": "spool_full" if full else "spool_error",
+                "error.type": type(exc).__name__})
+            if full:
+                return "452 4.3.1 Insufficient system storage, please try again later"
+            return "451 4.3.0 Could not queue the message, please try again later"
+        self.audit.emit("message.accepted", {**base, "event.outcome": "success",
+                                             "queue.state": state,
+                                             "body.8bit": undeclared_8bit or None})
+        if state == "incoming":
+            self.on_queued(qid, state)
+        return f"250 2.0.0 Ok: queued as {qid}"

@@ -1,0 +1,1 @@
+"""Pickup portal (see the portal issue): not built yet."""
