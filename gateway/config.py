@@ -201,8 +201,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError([f"--set {item}: expected KEY=VALUE, e.g. listen.relay=127.0.0.1:2525"])
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"--set {key}: value is not valid YAML: {exc}"]) from None
+    except yaml.YAMLError:
+        # Not YAML (e.g. "[::1]:2525"): take the text as it is; validation judges it.
+        parsed = value.strip()
     return key, parsed
 
 
@@ -474,7 +475,10 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         for dom, hp in raw_transport.items():
             sub = f"delivery.transport.{dom}"
             try:
-                transport[_domain(dom)] = _hostport(hp)
+                text = str(dom)
+                # ".example.org" routes every subdomain, as in Postfix transport maps
+                key = "." + _domain(text[1:]) if text.startswith(".") else _domain(text)
+                transport[key] = _hostport(hp)
             except ValueError as exc:
                 chk.fail(sub, str(exc))
     mode = chk.get(deliv_d, "delivery", "mode", _choice("mx", "smarthost"), "mx")

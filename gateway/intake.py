@@ -27,7 +27,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from .audit import AuditLog
 from .authguard import AuthGuard
-from .config import Config
+from .config import Config, ConfigError
 from .mime import ParsedMessage, header_section_size
 from .model import Envelope
 from .policy import Policy
@@ -59,8 +59,15 @@ class IntakeState:
 
 class GatewaySMTP(SMTP):
     def __init__(self, handler: IntakeHandler, **kw: Any) -> None:
+        self._bdat = bytearray()
+        self._bdat_error: str | None = None
         super().__init__(handler, **kw)
         self.gw = handler
+
+    def _set_post_data_state(self) -> None:
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+        self._bdat = bytearray()
+        self._bdat_error = None
 
     # ------------------------------------------------------------------ connection
 
@@ -103,6 +110,9 @@ class GatewaySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if self._bdat or self._bdat_error:
+            await self.push("503 5.5.1 Error: DATA after BDAT in one transaction")
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self.gw.in_data += 1
         try:
@@ -111,7 +121,7 @@ class GatewaySMTP(SMTP):
                 reply = await self.gw.end_of_data(self.session, self.envelope)
         finally:
             self.gw.in_data -= 1
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        self._set_post_data_state()
         await self.push(reply)
 
     async def _read_data(self) -> str | None:
@@ -150,7 +160,59 @@ class GatewaySMTP(SMTP):
         del buf[-3:]  # the ".\r\n" of the terminator
         data = bytes(buf)
         del buf
-        return self.gw.check_body(self.envelope, data)
+        return self.gw.check_body(self.envelope, data, dot_stuffed=True)
+
+    # ------------------------------------------------------------------ BDAT (RFC 3030)
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        if await self.check_helo_needed("EHLO"):
+            return
+        assert self.envelope is not None and self.session is not None
+        words = (arg or "").split()
+        if (not words or not words[0].isdigit() or len(words) > 2
+                or (len(words) == 2 and words[1].upper() != "LAST")):
+            # Without a valid size we cannot tell where the chunk ends: end the session.
+            await self.push("501 5.5.4 Syntax: BDAT <size> [LAST]; closing connection")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        size, last = int(words[0]), len(words) == 2
+        limit = self.data_size_limit or 0
+        remaining = size
+        self._reset_timeout(self.gw.state.config.smtp.data_timeout)
+        while remaining:
+            piece = await self._reader.read(min(remaining, READ_CHUNK_LIMIT))
+            if not piece:
+                raise ConnectionResetError("client closed during BDAT")
+            remaining -= len(piece)
+            if self._bdat_error is None:
+                self._bdat += piece
+        self._reset_timeout()
+        if self._bdat_error is None:
+            if not self.session.authenticated and self.gw.listener.require_auth:
+                self._bdat_error = "530 5.7.0 Authentication required"
+            elif not self.envelope.rcpt_tos:
+                self._bdat_error = "503 5.5.1 Error: need RCPT command"
+            elif limit and len(self._bdat) > limit:
+                self._bdat_error = "552 5.3.4 Message size exceeds fixed maximum message size"
+        if self._bdat_error is not None:
+            self._bdat = bytearray()
+        if not last:
+            await self.push(self._bdat_error or f"250 2.0.0 {size} octets received")
+            return
+        reply = self._bdat_error
+        if reply is None:
+            data = bytes(self._bdat)
+            self._bdat = bytearray()
+            reply = self.gw.check_body(self.envelope, data, dot_stuffed=False)
+        if reply is None:
+            self.gw.in_data += 1
+            try:
+                reply = await self.gw.end_of_data(self.session, self.envelope)
+            finally:
+                self.gw.in_data -= 1
+        self._set_post_data_state()
+        await self.push(reply)
 
 
 class IntakeHandler:
@@ -197,6 +259,9 @@ class IntakeHandler:
         session.host_name = hostname
         responses.insert(-1, "250-PIPELINING")
         responses.insert(-1, "250-ENHANCEDSTATUSCODES")
+        responses.insert(-1, "250-CHUNKING")
+        if self.listener.name == "relay":
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
         return responses
 
     async def authenticate(self, session: Session, mechanism: str,
@@ -210,6 +275,12 @@ class IntakeHandler:
                                              "event.reason": "locked_out"})
             return AuthResult(success=False, handled=False,
                               message="454 4.7.0 Too many failed logins; try again later")
+        try:
+            self.state.users = self.state.users.fresh()
+        except ConfigError as err:
+            self.audit.emit("config.reload_failed", {"config.file": str(self.state.users.path),
+                                                     "config.problems": err.problems})
+            self.state.users.mtime = UserDB.mtime_of(self.state.users.path)  # log once
         loop = asyncio.get_running_loop()
         user: User | None = await loop.run_in_executor(
             None, self.state.users.verify, login, password
@@ -280,18 +351,19 @@ class IntakeHandler:
 
     # ------------------------------------------------------------------ end of DATA
 
-    def check_body(self, envelope: SmtpEnvelope, data: bytes) -> str | None:
-        """Validate the raw (dot-stuffed) body and store the unstuffed bytes on the envelope.
-        Returns an error reply or None."""
+    def check_body(self, envelope: SmtpEnvelope, data: bytes, dot_stuffed: bool) -> str | None:
+        """Validate the raw body (dot-stuffed when it came by DATA) and store the unstuffed
+        bytes on the envelope. Returns an error reply or None."""
         limits = self.state.config.smtp
         crlf = data.count(b"\r\n")
         if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
             return "550 5.5.2 Message contains bare <CR> or <LF>; lines must end with <CR><LF>"
         if b"\x00" in data:
             return "550 5.6.0 Message contains NUL characters"
-        if data.startswith(b"."):
-            data = data[1:]
-        data = data.replace(b"\r\n.", b"\r\n")
+        if dot_stuffed:
+            if data.startswith(b"."):
+                data = data[1:]
+            data = data.replace(b"\r\n.", b"\r\n")
         if crlf and max(map(len, data.split(b"\r\n"))) > limits.max_line_length:
             return (f"500 5.5.2 Line too long (the limit is {limits.max_line_length} bytes; "
                     "encode long lines with quoted-printable or base64)")

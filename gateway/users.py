@@ -52,13 +52,30 @@ class User:
 
 
 class UserDB:
-    def __init__(self, path: Path, users: dict[str, User]) -> None:
+    def __init__(self, path: Path, users: dict[str, User], mtime: float = 0.0) -> None:
         self.path = path
         self.users = users
+        self.mtime = mtime
+
+    @staticmethod
+    def mtime_of(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def fresh(self) -> UserDB:
+        """This database, or a newly loaded one when the file changed on disk, so that
+        `phigate user disable` takes effect at the next login without a reload. A broken
+        file raises ConfigError and the caller keeps the old one."""
+        if self.mtime_of(self.path) == self.mtime:
+            return self
+        return UserDB.load(self.path)
 
     @classmethod
     def load(cls, path: Path) -> UserDB:
-        if not path.exists():
+        mtime = cls.mtime_of(path)
+        if not mtime:
             return cls(path, {})
         data, lines = _load_with_lines(path.read_text(encoding="utf-8"), str(path))
         problems: list[str] = []
@@ -94,7 +111,7 @@ class UserDB:
             users[str(name)] = User(str(name), pw, tuple(senders), bool(entry.get("disabled")))
         if problems:
             raise ConfigError(problems)
-        return cls(path, users)
+        return cls(path, users, mtime)
 
     def verify(self, login: str, password: str) -> User | None:
         """Check a password. Slow on purpose (argon2): call it off the event loop."""
