@@ -237,8 +237,9 @@ def run(config_path: Path, overrides: Sequence[str]) -> int:
     cert, key = prepare_var(config)
     audit = AuditLog(config.log.audit_file, config.log.stdout)
     recovered = Spool(config.paths.spool).recover()
-    audit.emit("queue.recovered", {"count": recovered["requeued"],
-                                   "queue.count": recovered["corrupt"]})
+    audit.emit("queue.recovered", {"count": recovered["requeued"], "queue.state": "incoming"})
+    if recovered["corrupt"]:
+        audit.emit("queue.corrupt", {"count": recovered["corrupt"], "queue.state": "corrupt"})
     sockets: dict[str, socket.socket] = {}
     try:
         for name in ("relay", "submission", "submissions"):

@@ -28,6 +28,9 @@ from .smtpclient import Outcome, SmtpSender, Transaction
 from .spool import Spool, SpoolError
 
 FLUSH_TRIGGER = "flush"
+# A message claimed this long ago belongs to a worker process that died; deliver it again
+# (at least once). Longer than any attempt can take with the default timeouts.
+STALE_ACTIVE = 3600.0
 
 
 def _domain(address: str) -> str:
@@ -122,6 +125,9 @@ class Delivery:
                 if mtime != self._flush_mtime or self.clock() - last_scan > 60:
                     self._flush_mtime = mtime
                     last_scan = self.clock()
+                    stale = self.spool.requeue_stale(STALE_ACTIVE)
+                    if stale:
+                        self.audit.emit("queue.requeued_stale", {"count": stale})
                     self._deferred.clear()
                     self.scan_disk()
             self.run_due_nowait()

@@ -241,6 +241,20 @@ class Spool:
     def claim(self, queue_id: str, src: str) -> bool:
         return self.move(queue_id, src, "active")
 
+    def requeue_stale(self, older_than: float, now: float | None = None) -> int:
+        """Hand back to incoming what has sat in ``active/`` too long: its worker process
+        died. A rename updates the inode's ctime, so ctime is when it was claimed."""
+        now = time.time() if now is None else now
+        n = 0
+        for qid in self.ids("active"):
+            try:
+                claimed = os.stat(self.path("active", qid)).st_ctime
+            except FileNotFoundError:
+                continue
+            if now - claimed > older_than and self.move(qid, "active", "incoming"):
+                n += 1
+        return n
+
     def remove(self, queue_id: str, state: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(state, queue_id))

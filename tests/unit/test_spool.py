@@ -91,3 +91,13 @@ def test_queue_ids_unique_and_ordered():
     ids = [new_queue_id() for _ in range(2000)]
     assert len(set(ids)) == 2000
     assert [i[:14] for i in ids] == sorted(i[:14] for i in ids)
+
+
+def test_requeue_stale_active(spool):
+    env = _env()
+    a = spool.store(env, _verdict(env), b"a\r\n")
+    spool.claim(a, "incoming")
+    claimed = os.stat(spool.path("active", a)).st_ctime
+    assert spool.requeue_stale(3600, now=claimed + 60) == 0
+    assert spool.requeue_stale(3600, now=claimed + 3601) == 1
+    assert spool.find(a) == "incoming"
