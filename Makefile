@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := postfix swaks
+DEBS   := postfix swaks libnet-ssleay-perl
 
 .PHONY: run test lint typecheck check deps venv bench clean
 

@@ -28,7 +28,7 @@ from .audit import AuditLog, configure_stdlib_logging
 from .authguard import AuthGuard
 from .config import Config, ConfigError, HostPort, load_config
 from .delivery import Delivery
-from .intake import GatewaySMTP, IntakeHandler, IntakeState, Listener
+from .intake import CALL_LIMITS, GatewaySMTP, IntakeHandler, IntakeState, Listener
 from .policy import DeliverPolicy, Policy
 from .routing import Router, make_resolver
 from .smtpclient import SmtpSender
@@ -164,6 +164,7 @@ class Gateway:
                 "tls_context": None if listener.implicit_tls else tls_ctx,
                 "timeout": cfg.smtp.timeout,
                 "auth_require_tls": True,
+                "command_call_limit": CALL_LIMITS,
             }
             if listener.name == "relay":
                 kw["auth_exclude_mechanism"] = ["PLAIN", "LOGIN"]

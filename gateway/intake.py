@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import errno
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from .audit import AuditLog
@@ -57,12 +58,59 @@ class IntakeState:
         self.users = users
 
 
+# RFC 3463 codes for aiosmtpd's own replies, which carry none (RFC 2034 asks for them on
+# every reply but the greeting and HELO/EHLO once ENHANCEDSTATUSCODES is advertised).
+_ENHANCED = {
+    "221": "2.0.0", "250": "2.0.0", "421": "4.7.0", "451": "4.3.0", "452": "4.3.1",
+    "454": "4.7.0", "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1",
+    "504": "5.5.4", "530": "5.7.0", "535": "5.7.8", "538": "5.7.11", "552": "5.3.4",
+    "553": "5.1.3", "554": "5.0.0", "555": "5.5.4",
+}
+_HAS_ENHANCED = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_UNKNOWN_COMMAND = re.compile(r'500 Error: command ".*" not recognized')
+
+# Per-session caps on commands that carry no mail (Postfix's junk-command limit); mail
+# commands are unlimited so a connector may send thousands of messages on one session.
+CALL_LIMITS = {"NOOP": 100, "VRFY": 20, "EXPN": 20, "HELP": 20, "EHLO": 20, "HELO": 20,
+               "STARTTLS": 5, "AUTH": 20, "*": 10**9}
+
+
+def with_enhanced_code(status: str) -> str:
+    if _UNKNOWN_COMMAND.fullmatch(status):
+        return "500 5.5.2 Error: command not recognized"  # never echo the client's bytes
+    code = status[:3]
+    enh = _ENHANCED.get(code)
+    if enh is None or len(status) < 4 or status[3] != " " or _HAS_ENHANCED.match(status):
+        return status
+    return f"{code} {enh} {status[4:]}"
+
+
 class GatewaySMTP(SMTP):
     def __init__(self, handler: IntakeHandler, **kw: Any) -> None:
         self._bdat = bytearray()
         self._bdat_error: str | None = None
+        self._greeting_or_hello = False
         super().__init__(handler, **kw)
         self.gw = handler
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and not self._greeting_or_hello:
+            status = with_enhanced_code(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._greeting_or_hello = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._greeting_or_hello = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._greeting_or_hello = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._greeting_or_hello = False
 
     def _set_post_data_state(self) -> None:
         super()._set_post_data_state()  # type: ignore[no-untyped-call]
@@ -147,9 +195,12 @@ class GatewaySMTP(SMTP):
                     found = True
                 total += len(piece)
                 buf += piece
+                self._reset_timeout(self.gw.state.config.smtp.data_timeout)
                 if found and (total == 3 or buf[-5:-3] == b"\r\n"):
+                    # the terminator itself (".\r\n") is not message data
+                    too_big = too_big or bool(limit and total - 3 > limit)
                     break
-                if limit and total > limit + 5:
+                if limit and total > limit:
                     too_big = True
                     del buf[:-4]  # keep just enough to recognise the terminator
         finally:
@@ -213,6 +264,18 @@ class GatewaySMTP(SMTP):
                 self.gw.in_data -= 1
         self._set_post_data_state()
         await self.push(reply)
+
+
+def _address_problem(address: str, smtputf8: bool) -> str | None:
+    """Refuse, at once, addresses that could never be delivered: bytes that are not UTF-8
+    (aiosmtpd hands them over as surrogates) or non-ASCII without SMTPUTF8 (RFC 6531)."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return "501 X.X.X Address is not valid UTF-8"
+    if not smtputf8 and not address.isascii():
+        return "553 5.6.7 Non-ASCII address requires SMTPUTF8"
+    return None
 
 
 class IntakeHandler:
@@ -307,12 +370,17 @@ class IntakeHandler:
                           address: str, mail_options: list[str]) -> str:
         cfg = self.state.config
         sender = "" if address == "<>" else address
+        smtputf8 = any(o.upper() == "SMTPUTF8" for o in mail_options)
+        bad = _address_problem(sender, smtputf8)
+        if bad is not None:
+            return bad.replace("X.X.X", "5.1.7") + " (sender)"
         user = self._user(session)
         ip, _ = self._peer(session)
         if self.listener.require_auth and user is None:
             return "530 5.7.0 Authentication required"
         if user is not None:
-            if not sender or not user.may_send_as(sender):
+            # The null sender (bounces, receipts) claims no identity, so it is allowed.
+            if sender and not user.may_send_as(sender):
                 self.audit.emit("smtp.mail_refused", {
                     **self._base(session), "user.name": user.name,
                     "email.from.address": sender, "event.reason": "sender_not_owned"})
@@ -338,6 +406,9 @@ class IntakeHandler:
             return "554 5.7.1 Relay access denied"
         if "@" not in address:
             return "501 5.1.3 Bad recipient address syntax"
+        bad = _address_problem(address, bool(envelope.smtp_utf8))
+        if bad is not None:
+            return bad.replace("X.X.X", "5.1.3") + " (recipient)"
         if len(envelope.rcpt_tos) >= cfg.smtp.max_recipients:
             return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
@@ -345,6 +416,12 @@ class IntakeHandler:
         return "250 2.1.5 Ok"
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            cause = error.__cause__
+            self.audit.emit("smtp.tls_failed", {
+                "listener": self.listener.name, "event.outcome": "failure",
+                "error.type": type(cause).__name__ if cause else "TLSSetupException"})
+            return "454 4.7.0 TLS negotiation failed"
         self.audit.emit("smtp.internal_error", {"error.type": type(error).__name__,
                                                 "listener": self.listener.name})
         return "451 4.3.0 Internal error, please try again later"
@@ -367,7 +444,7 @@ class IntakeHandler:
         if crlf and max(map(len, data.split(b"\r\n"))) > limits.max_line_length:
             return (f"500 5.5.2 Line too long (the limit is {limits.max_line_length} bytes; "
                     "encode long lines with quoted-printable or base64)")
-        if header_section_size(data) > limits.max_header_size:
+        if header_section_size(data, limits.max_header_size) > limits.max_header_size:
             return "552 5.3.4 Message header section too large"
         envelope.original_content = data
         envelope.content = data

@@ -200,6 +200,10 @@ class SmtpSender:
         enc = "utf-8" if tx.smtputf8 else "ascii"
         try:
             await c.mail(tx.mail_from, options=options, encoding=enc)
+        except (UnicodeEncodeError, ValueError):
+            # Never sendable as it is: permanent, not a connection problem.
+            return [out(r, 553, "5.6.7 sender address cannot be sent to this destination")
+                    for r in tx.recipients], c.is_connected
         except aiosmtplib.SMTPSenderRefused as exc:
             with contextlib.suppress(Exception):
                 await c.rset()
@@ -213,6 +217,9 @@ class SmtpSender:
                 results[rcpt] = out(rcpt, resp.code, resp.message)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 results[rcpt] = out(rcpt, exc.code, exc.message)
+            except (UnicodeEncodeError, ValueError):
+                results[rcpt] = out(rcpt, 553, "5.1.3 recipient address cannot be sent "
+                                    "to this destination")
         if not accepted:
             await c.rset()
             return [results[r] for r in tx.recipients], True
