@@ -27,7 +27,7 @@ def test_relay_delivers_and_logs(gateway_factory, sink):
     assert b"synthetic test body" in got.data
     ev = gw.wait_event(lambda e: e["event.action"] == "delivery.delivered")
     assert ev["email.local_id"] == qid and ev["smtp.code"] == 250
-    acc = [e for e in gw.events() if e["event.action"] == "message.accepted"][0]
+    acc = next(e for e in gw.events() if e["event.action"] == "message.accepted")
     assert acc["email.local_id"] == qid and acc["email.size"] > 0
     assert not any(qid in p.name for p in (gw.var / "spool").rglob("*") if p.is_file())
 

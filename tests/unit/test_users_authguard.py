@@ -52,7 +52,7 @@ def test_guard_tarpit_then_lockout_then_expiry():
     assert not g.locked("192.0.2.1", "alice")
     assert g.failure("192.0.2.1", "alice") == (1, 1.0, False)
     assert g.failure("192.0.2.1", "alice") == (2, 2.0, False)
-    n, delay, started = g.failure("192.0.2.1", "alice")
+    n, _, started = g.failure("192.0.2.1", "alice")
     assert (n, started) == (3, True)
     assert g.locked("192.0.2.1", "alice")
     assert g.locked("192.0.2.99", "alice")  # the user is locked from anywhere
