@@ -134,7 +134,7 @@ class Gateway:
         self.delivery = Delivery(cfg, self.spool, self.audit, self.router, sender, clock,
                                  scanner=self.worker == 0)
         guard = AuthGuard(cfg.auth.max_failures, cfg.auth.failure_window, cfg.auth.lockout,
-                          cfg.auth.tarpit, clock)
+                          cfg.auth.tarpit, clock, cfg.auth.ip_failure_factor)
         tls_ctx = server_context(self.cert, self.key)
         loop = asyncio.get_running_loop()
         for name, sock in self.sockets.items():

@@ -1,8 +1,10 @@
 """Slows down and then refuses repeated AUTH failures, per client IP and per user name.
 
-After ``max_failures`` failures within ``failure_window`` the IP (or user) is refused for
-``lockout`` seconds; before that, each failure's reply is delayed by ``tarpit`` seconds per
-failure so far (capped), which makes guessing slow without hurting a user who mistypes once.
+After ``max_failures`` failures of one user name within ``failure_window`` that user is refused
+for ``lockout`` seconds, from any address; an IP address gets ``ip_factor`` times as many
+failures (an office behind one NAT address has many users who mistype) before it is refused.
+Before that, each failure's reply is delayed by ``tarpit`` seconds per failure so far (capped),
+which makes guessing slow without hurting a user who mistypes once.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ class AuthGuard:
     MAX_DELAY = 10.0
 
     def __init__(self, max_failures: int, window: float, lockout: float, tarpit: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], ip_factor: int = 4) -> None:
         self.max_failures = max_failures
+        self.ip_factor = ip_factor
         self.window = window
         self.lockout = lockout
         self.tarpit = tarpit
@@ -62,7 +65,8 @@ class AuthGuard:
             while t.failures and t.failures[0] < now - self.window:
                 t.failures.popleft()
             worst = max(worst, len(t.failures))
-            if len(t.failures) >= self.max_failures and t.locked_until <= now:
+            limit = self.max_failures * (self.ip_factor if key.startswith("ip:") else 1)
+            if len(t.failures) >= limit and t.locked_until <= now:
                 t.locked_until = now + self.lockout
                 started = True
         return worst, min(self.tarpit * worst, self.MAX_DELAY), started

@@ -60,6 +60,7 @@ class AuthConfig:
     failure_window: float
     lockout: float
     tarpit: float
+    ip_failure_factor: int
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class RulesConfig:
+    dir: Path
+    enabled: bool
+    scan_timeout: float
+    processes: int  # scanner processes per gateway worker; 0 = cores / workers
+
+
+@dataclass(frozen=True)
 class Paths:
     var: Path
 
@@ -141,7 +150,12 @@ class Config:
     metrics: MetricsConfig
     paths: Paths
     workers: int
+    rules: RulesConfig
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.rules.dir
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -443,7 +457,8 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
     auth_d = chk.section(
         top.get("auth"),
         "auth",
-        ["users_file", "max_failures", "failure_window", "lockout", "tarpit"],
+        ["users_file", "max_failures", "failure_window", "lockout", "tarpit",
+         "ip_failure_factor"],
     )
     auth = AuthConfig(
         users_file=chk.get(auth_d, "auth", "users_file", conf_path, base / "users.yaml"),
@@ -451,6 +466,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         failure_window=chk.get(auth_d, "auth", "failure_window", _duration, 900.0),
         lockout=chk.get(auth_d, "auth", "lockout", _duration, 900.0),
         tarpit=chk.get(auth_d, "auth", "tarpit", _duration, 1.0),
+        ip_failure_factor=chk.get(auth_d, "auth", "ip_failure_factor", _positive(int), 4),
     )
     deliv_d = chk.section(
         top.get("delivery"),
@@ -525,6 +541,14 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
     metrics = MetricsConfig(
         listen=chk.get(metrics_d, "metrics", "listen", _opt_hostport, _hp("127.0.0.1", 9325))
     )
+    rules_d = chk.section(top.get("rules"), "rules",
+                          ["dir", "enabled", "scan_timeout", "processes"])
+    rules = RulesConfig(
+        dir=chk.get(rules_d, "rules", "dir", conf_path, base / "rules"),
+        enabled=chk.get(rules_d, "rules", "enabled", _bool, True),
+        scan_timeout=chk.get(rules_d, "rules", "scan_timeout", _duration, 60.0),
+        processes=chk.get(rules_d, "rules", "processes", _nonneg_int, 0),
+    )
     cfg = Config(
         source=source,
         hostname=chk.get(top, "", "hostname", _domain, _default_hostname()),
@@ -545,9 +569,16 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         metrics=metrics,
         paths=paths,
         workers=chk.get(top, "", "workers", _workers, 1),
+        rules=rules,
         raw=top,
     )
     return None if chk.problems else cfg
+
+
+def _nonneg_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    return value
 
 
 def _ip_text(value: Any) -> str:

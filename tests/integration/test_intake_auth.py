@@ -482,7 +482,8 @@ def test_swaks_is_no_open_relay(auth_gw, sink):
 
 
 def test_auth_failures_lock_out_and_passwords_never_logged(auth_gw):
-    gw = auth_gw("auth.max_failures=3")
+    # ip_failure_factor=1: the address locks after as many failures as a user does
+    gw = auth_gw("auth.max_failures=3", "auth.ip_failure_factor=1")
     with submission(gw) as c:
         for i, wrong in enumerate(WRONG_PWS):
             with pytest.raises(smtplib.SMTPAuthenticationError) as bad:

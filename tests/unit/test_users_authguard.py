@@ -48,7 +48,8 @@ def test_bad_users_file_has_line(tmp_path):
 
 def test_guard_tarpit_then_lockout_then_expiry():
     now = [1000.0]
-    g = AuthGuard(max_failures=3, window=600, lockout=900, tarpit=1.0, clock=lambda: now[0])
+    g = AuthGuard(max_failures=3, window=600, lockout=900, tarpit=1.0, clock=lambda: now[0],
+                  ip_factor=1)
     assert not g.locked("192.0.2.1", "alice")
     assert g.failure("192.0.2.1", "alice") == (1, 1.0, False)
     assert g.failure("192.0.2.1", "alice") == (2, 2.0, False)
@@ -70,3 +71,14 @@ def test_guard_window_forgets_old_failures():
         now[0] += 61
     n, _, started = g.failure("192.0.2.1", "alice")
     assert n == 1 and not started
+
+
+def test_guard_ip_tolerates_more_failures_than_one_user():
+    now = [0.0]
+    g = AuthGuard(max_failures=2, window=600, lockout=900, tarpit=0, clock=lambda: now[0])
+    for user in ("a", "b", "c"):
+        g.failure("198.51.100.7", user)
+    assert not g.locked("198.51.100.7", "d")  # 3 typos by 3 people behind one NAT
+    for user in ("d", "e", "f", "g", "h"):
+        g.failure("198.51.100.7", user)
+    assert g.locked("198.51.100.7", "z")  # 8 failures = 4 x 2: the address is refused
