@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import fcntl
 import os
 import signal
 import socket
@@ -64,6 +66,31 @@ def prepare_var(config: Config) -> tuple[Path, Path]:
     for domain in config.domains:
         ensure_dkim_key(config.paths.var, domain)
     return cert, key
+
+
+def lock_var(var: Path) -> int | None:
+    """Hold ``var/phigate.lock`` for the life of this gateway (forked workers inherit it), so
+    a second instance cannot recover, and so disturb, a spool that a running one owns."""
+    var.mkdir(parents=True, exist_ok=True)
+    fd = os.open(var / "phigate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: get SIGTERM when the supervisor dies (even by SIGKILL), so no orphan worker
+    keeps the ports and the spool lock."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def bind(hp: HostPort) -> socket.socket:
@@ -235,6 +262,10 @@ def run(config_path: Path, overrides: Sequence[str]) -> int:
     except ConfigError as err:
         print("\n".join(err.problems), file=sys.stderr)
         return 1
+    if lock_var(config.paths.var) is None:
+        print(f"another phigate is running with paths.var={config.paths.var} "
+              f"(it holds {config.paths.var / 'phigate.lock'}); stop it first", file=sys.stderr)
+        return 1
     cert, key = prepare_var(config)
     audit = AuditLog(config.log.audit_file, config.log.stdout)
     recovered = Spool(config.paths.spool).recover()
@@ -264,11 +295,14 @@ def _supervise(config: Config, config_path: Path, overrides: Sequence[str],
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
+    parent = os.getpid()
+
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                _die_with_parent(parent)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_DFL)
                 _run_worker(config, config_path, overrides, sockets, cert, key, index)

@@ -33,6 +33,13 @@ FLUSH_TRIGGER = "flush"
 STALE_ACTIVE = 3600.0
 
 
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} seconds"
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
@@ -83,8 +90,8 @@ class Delivery:
         """Stop taking work; let attempts in flight finish (bounded), then close connections.
         Anything unfinished stays in ``active/`` and is recovered at the next start."""
         self._stopping = True
-        deadline = self.clock() + grace
-        while self._inflight and self.clock() < deadline:  # noqa: ASYNC110 - bounded wait
+        deadline = time.monotonic() + grace  # real time, whatever clock drives retries
+        while self._inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded
             await asyncio.sleep(0.05)
         for t in self._tasks:
             t.cancel()
@@ -259,7 +266,7 @@ class Delivery:
                     expired.append(rs)
                     failed.append(FailedRecipient(
                         rs.recipient, "4.4.7",
-                        f"message expired after {retry.expire / 86400:g} days in queue; "
+                        f"message expired after {_duration(retry.expire)} in the queue; "
                         f"last error: {rs.last_code} {rs.last_reply}".strip(),
                         None))
             status = replace(status, recipients=tuple(

@@ -38,6 +38,16 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("\r", " ").replace("\n", " ").split())[:400]
 
 
+def _diagnostic(text: str) -> str:
+    """RFC 3464 2.3.6: ``diagnostic-type; text``. Remote replies are ``smtp;``, our own
+    reasons ``X-Phigate;``."""
+    clean = _clean(text)
+    kind, sep, _ = clean.partition(";")
+    if sep and kind and all(c.isalnum() or c == "-" for c in kind):
+        return clean
+    return f"X-Phigate; {clean}"
+
+
 def header_section(raw: bytes) -> bytes:
     end = raw.find(b"\r\n\r\n")
     return raw if end < 0 else raw[: end + 2]
@@ -92,7 +102,7 @@ def build_bounce(
         ]
         if r.remote_mta:
             status_lines.append(f"Remote-MTA: dns; {r.remote_mta}")
-        status_lines.append(f"Diagnostic-Code: {_clean(r.diagnostic)}")
+        status_lines.append(f"Diagnostic-Code: {_diagnostic(r.diagnostic)}")
         status_lines.append("")
 
     headers = header_section(original)

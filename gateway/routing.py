@@ -170,15 +170,19 @@ class Router:
                 random.shuffle(group)
                 names.extend(group)
         hops: list[Hop] = []
+        dns_trouble: RouteError | None = None
         for name in names:
             try:
                 ips, a_ttl = await self._addresses(name)
-            except RouteError:
+            except RouteError as err:
+                dns_trouble = err
                 continue
             ttl = min(ttl, a_ttl)
             hops.extend(Hop(name, ip, port) for ip in ips)
         if not hops:
             if not records:
+                if dns_trouble is not None:  # could not ask: never bounce on a DNS failure
+                    raise dns_trouble
                 raise RouteError(True, "5.1.2", f"domain {domain} has no MX and no address")
             raise RouteError(False, "4.4.3", f"no address for the MX hosts of {domain}")
         return Route(f"mx:{domain}", "mx", tuple(hops)), ttl

@@ -157,6 +157,9 @@ class GatewayProc:
                                          stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_port(self.relay)
+            time.sleep(0.05)
+            if self.proc.poll() is not None:  # the port may belong to someone else
+                raise TimeoutError
         except TimeoutError:
             raise AssertionError(self.out.read_text(errors="replace")[-3000:]) from None
 
