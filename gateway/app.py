@@ -144,10 +144,42 @@ class Gateway:
         self.delivery: Delivery | None = None
         self.router: Router | None = None
         self._stopped = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
 
     def _state(self, config: Config) -> IntakeState:
-        return IntakeState(config, self.runtime.policy or DeliverPolicy(),
-                           UserDB.load(config.auth.users_file))
+        users = UserDB.load(config.auth.users_file)
+        policy: Policy
+        if self.runtime.policy is not None:
+            policy = self.runtime.policy
+        elif config.rules.enabled:
+            from .classify import PhiPolicy  # loads the vocabularies: only when used
+
+            policy = PhiPolicy(config)
+        else:
+            policy = DeliverPolicy()
+        return IntakeState(config, policy, users)
+
+    def _rules_stamp(self) -> tuple[tuple[str, float], ...]:
+        """Modification times of every rule file, to reload when an admin saves one."""
+        cfg = self.config
+        if not cfg.rules.enabled:
+            return ()
+        files = sorted(cfg.rules_dir.glob("*.yaml")) + sorted(
+            (cfg.rules_dir / "local.d").glob("*.yaml"))
+        out = []
+        for f in files:
+            with contextlib.suppress(OSError):
+                out.append((str(f), f.stat().st_mtime))
+        return tuple(out)
+
+    async def _watch_rules(self) -> None:
+        stamp = self._rules_stamp()
+        while True:
+            await asyncio.sleep(2.0)
+            now = self._rules_stamp()
+            if now != stamp:
+                stamp = now
+                self.reload()
 
     async def start(self) -> None:
         cfg = self.config
@@ -174,6 +206,7 @@ class Gateway:
                 ssl=tls_ctx if listener.implicit_tls else None,
                 ssl_handshake_timeout=30 if listener.implicit_tls else None))
         self.delivery.start()
+        self._watcher = asyncio.create_task(self._watch_rules())
         self.audit.emit("service.started", {"process.pid": os.getpid(),
                                             "process.worker": self.worker,
                                             "service.state": "running"})
@@ -204,13 +237,17 @@ class Gateway:
             new = load_config(self.config_path, self.overrides)
             state = self._state(new)
         except ConfigError as err:
+            # The running configuration and rules stay in force.
             self.audit.emit("config.reload_failed", {"config.file": str(self.config_path),
                                                      "config.problems": err.problems,
                                                      "event.outcome": "failure"})
             return False
         self.config = new
+        old = self.handlers[0].state.policy if self.handlers else None
         for h in self.handlers:
             h.state = state
+        if old is not None and old is not state.policy:
+            old.close()
         if self.delivery is not None and self.router is not None:
             self.delivery.config = new
             self.router.config = new
@@ -223,12 +260,16 @@ class Gateway:
     async def stop(self, grace: float = 30.0) -> None:
         for s in self.servers:
             s.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
         deadline = time.monotonic() + grace
         # bounded polling: sessions in DATA finish on their own, we only wait for them
         while any(h.in_data for h in self.handlers) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if self.delivery is not None:
             await self.delivery.stop(max(1.0, deadline - time.monotonic()))
+        if self.handlers:
+            self.handlers[0].state.policy.close()
         for s in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(s.wait_closed(), 1.0)

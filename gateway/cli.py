@@ -57,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = qsub.add_parser("flush", help="attempt every deferred message now")
     _common(p)
 
+    r = sub.add_parser("rules", help="work with the PHI rules")
+    rsub = r.add_subparsers(dest="action", required=True)
+    p = rsub.add_parser("test", help="classify and decide for message files, without sending")
+    _common(p)
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a message file, a folder of them, or - for standard input")
+    p.add_argument("--from", dest="sender", help="envelope sender (default: the From header)")
+    p.add_argument("--to", dest="recipients", action="append", default=[],
+                   help="envelope recipient (repeatable; default: To and Cc headers)")
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    p.add_argument("--explain", action="store_true",
+                   help="show which detectors fired where (values masked) and which rule decided")
+
     u = sub.add_parser("user", help="manage SMTP AUTH users (conf/users.yaml)")
     usub = u.add_subparsers(dest="action", required=True)
     for name, text in (("add", "add a user"), ("passwd", "change a password")):
@@ -91,8 +104,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             cfg = _load(args)
             UserDB.load(cfg.auth.users_file)
+            if cfg.rules.enabled:
+                from .classify import load_rules
+                from .rules.ruleset import check_examples
+
+                ruleset, engine = load_rules(cfg)
+                problems = check_examples(engine, ruleset)
+                if problems:
+                    raise ConfigError(problems)
+                print(f"{cfg.rules_dir}: {len(ruleset.detectors)} detectors, "
+                      f"{len(ruleset.policies)} policies, examples ok")
             print(f"{args.config}: ok")
             return 0
+        if args.command == "rules":
+            from .rulestest import rules_test
+
+            return rules_test(args, _load(args))
         if args.command == "queue":
             return _queue(args, _load(args))
         if args.command == "user":

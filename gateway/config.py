@@ -118,6 +118,7 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class RulesConfig:
     dir: Path
+    cache_dir: Path  # compiled Hyperscan databases
     enabled: bool
     scan_timeout: float
     processes: int  # scanner processes per gateway worker; 0 = cores / workers
@@ -542,9 +543,10 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         listen=chk.get(metrics_d, "metrics", "listen", _opt_hostport, _hp("127.0.0.1", 9325))
     )
     rules_d = chk.section(top.get("rules"), "rules",
-                          ["dir", "enabled", "scan_timeout", "processes"])
+                          ["dir", "cache_dir", "enabled", "scan_timeout", "processes"])
     rules = RulesConfig(
         dir=chk.get(rules_d, "rules", "dir", conf_path, base / "rules"),
+        cache_dir=chk.get(rules_d, "rules", "cache_dir", var_path, var / "cache"),
         enabled=chk.get(rules_d, "rules", "enabled", _bool, True),
         scan_timeout=chk.get(rules_d, "rules", "scan_timeout", _duration, 60.0),
         processes=chk.get(rules_d, "rules", "processes", _nonneg_int, 0),

@@ -28,6 +28,9 @@ from .smtpclient import Outcome, SmtpSender, Transaction
 from .spool import Spool, SpoolError
 
 FLUSH_TRIGGER = "flush"
+# Verdict actions whose transforms (portal rewrite, OpenPGP/S-MIME) are not built yet: such
+# recipients stay queued rather than receive the message unprotected.
+UNAVAILABLE_ACTIONS = ("portal", "encrypt")
 # A message claimed this long ago belongs to a worker process that died; deliver it again
 # (at least once). Longer than any attempt can take with the default timeouts.
 STALE_ACTIVE = 3600.0
@@ -217,24 +220,34 @@ class Delivery:
         attempt_no = status.attempts + 1
         started = self.clock()
 
-        # Group recipients by route; routing errors decide those recipients at once.
-        groups: dict[str, tuple[Route, list[str]]] = {}
+        # Group recipients by route and TLS requirement; routing errors and actions that
+        # cannot be carried out decide those recipients at once.
+        groups: dict[tuple[str, bool], tuple[Route, list[str]]] = {}
         outcomes: list[Outcome] = []
+        verdict = header.verdict
         for rcpt in pending:
+            action = verdict.action_for(rcpt).action
+            if action in UNAVAILABLE_ACTIONS:
+                # Fail closed: never send in clear what the policy wants protected.
+                outcomes.append(Outcome(rcpt, 451, f"4.7.0 {action} delivery is not available "
+                                        "on this gateway yet; held for retry", None, None))
+                continue
             try:
                 route = await self.router.route(_domain(rcpt))
             except RouteError as err:
                 code = 550 if err.permanent else 451
                 outcomes.append(Outcome(rcpt, code, f"{err.status} {err.text}", None, None))
                 continue
-            groups.setdefault(route.key, (route, []))[1].append(rcpt)
+            need_tls = action == "require_tls"
+            groups.setdefault((route.key, need_tls), (route, []))[1].append(rcpt)
 
-        async def send_group(route: Route, rcpts: list[str]) -> list[Outcome]:
-            tx = Transaction(env.mail_from, rcpts, data, env.smtputf8, env.body_8bit)
+        async def send_group(route: Route, rcpts: list[str], need_tls: bool) -> list[Outcome]:
+            tx = Transaction(env.mail_from, rcpts, data, env.smtputf8, env.body_8bit, need_tls)
             async with self._dest_sems[route.key]:
                 return await self.sender.send(route, tx)
 
-        results = await asyncio.gather(*(send_group(r, rc) for r, rc in groups.values()))
+        results = await asyncio.gather(*(send_group(r, rc, key[1])
+                                         for key, (r, rc) in groups.items()))
         for group in results:
             outcomes.extend(group)
         duration = self.clock() - started

@@ -29,7 +29,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from .audit import AuditLog
 from .authguard import AuthGuard
 from .config import Config, ConfigError
-from .mime import ParsedMessage, header_section_size
+from .mime import header_section_size
 from .model import Envelope
 from .policy import Policy
 from .spool import Spool, new_queue_id
@@ -489,8 +489,8 @@ class IntakeHandler:
                 "email.from.address": env.mail_from, "email.to.address": list(env.rcpt_tos),
                 "email.size": len(content), "user.name": env.auth_user}
         try:
-            parsed = ParsedMessage(content)
-            verdict = self.state.policy.decide(env, parsed)
+            verdict = await asyncio.wait_for(self.state.policy.decide(env, content),
+                                             self.state.config.rules.scan_timeout)
         except Exception as exc:
             self.audit.emit("message.deferred", {**base, "event.outcome": "failure",
                                                  "event.reason": "policy_error",

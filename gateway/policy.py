@@ -1,29 +1,35 @@
 """The classify/decide step behind one interface.
 
-The relay calls ``Policy.decide`` at end of DATA with the envelope and the parsed message and
-gets a ``Verdict`` back. Until the PHI engine is plugged in, ``DeliverPolicy`` is the built-in
-policy: every recipient gets ``deliver`` (opportunistic TLS).
+The relay calls ``Policy.decide`` at end of DATA with the envelope and the raw message and gets
+a ``Verdict`` back. ``PhiPolicy`` (gateway.classify) is the real one; ``DeliverPolicy`` delivers
+everything with opportunistic TLS (``rules.enabled: false``).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from .mime import ParsedMessage
 from .model import Envelope, RecipientVerdict, Verdict
 
 
 class Policy(Protocol):
-    def decide(self, envelope: Envelope, message: ParsedMessage) -> Verdict:
+    async def decide(self, envelope: Envelope, raw: bytes) -> Verdict:
         """Classify the message and choose an action per recipient. May raise: the caller
         answers 451 (fail closed) and the client retries."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (worker processes)."""
         ...
 
 
 class DeliverPolicy:
     """Deliver everything, opportunistic TLS."""
 
-    def decide(self, envelope: Envelope, message: ParsedMessage) -> Verdict:
+    async def decide(self, envelope: Envelope, raw: bytes) -> Verdict:
         return Verdict(
             recipients=tuple(RecipientVerdict(r, "deliver", "default") for r in envelope.rcpt_tos)
         )
+
+    def close(self) -> None:
+        return None

@@ -55,12 +55,13 @@ class Transaction:
     """What to send: envelope sender, recipients, bytes, and the ESMTP needs of the body."""
 
     def __init__(self, mail_from: str, recipients: list[str], data: bytes,
-                 smtputf8: bool, body_8bit: bool) -> None:
+                 smtputf8: bool, body_8bit: bool, require_tls: bool = False) -> None:
         self.mail_from = mail_from
         self.recipients = recipients
         self.data = data
         self.smtputf8 = smtputf8
         self.body_8bit = body_8bit
+        self.require_tls = require_tls
 
 
 class SmtpSender:
@@ -187,6 +188,10 @@ class SmtpSender:
         def out(rcpt: str, code: int, msg: str) -> Outcome:
             return Outcome(rcpt, code, msg, conn.hop, conn.tls)
 
+        if tx.require_tls and conn.tls is None:
+            # The policy says this content may only travel encrypted: do not send it.
+            return [out(r, 451, f"4.7.5 TLS required by policy; {conn.hop.name} did not "
+                                "negotiate TLS 1.2+") for r in tx.recipients], True
         options: list[str] = []
         if tx.smtputf8:
             if not c.supports_extension("smtputf8"):

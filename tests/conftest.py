@@ -224,6 +224,10 @@ def make_gateway(var: Path, *extra: str, transport: dict[str, int] | None = None
         "delivery.scan_interval=0.2s",
         "auth.tarpit=0.05s",
         f"auth.users_file={users or var / 'users.yaml'}",
+        # Relay tests run without the PHI engine (its own tests turn it on); compiled
+        # Hyperscan databases are shared between test gateways.
+        "rules.enabled=false",
+        f"rules.cache_dir={ROOT / '.cache' / 'hyperscan'}",
     ]
     if transport:
         tm = ", ".join(f'"{d}": "127.0.0.1:{p}"' for d, p in transport.items())
