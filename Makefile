@@ -33,7 +33,7 @@ test: deps $(STAMP) lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway portal tests bench
+	$(VENV)/bin/ruff check gateway portal tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy gateway portal

@@ -54,6 +54,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "verdict.action": (str,),
     "verdict.rule": (str,),
     "verdict.recipients": (list,),
+    "verdict.monitor": (list,),
     "phi.detected": (bool,),
     "phi.findings": (list,),
     "queue.state": (str,),

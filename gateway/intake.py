@@ -499,7 +499,8 @@ class IntakeHandler:
         self.audit.emit("message.verdict", {
             "email.local_id": qid, "phi.detected": verdict.phi,
             "phi.findings": [f.to_json() for f in verdict.findings],
-            "verdict.recipients": [rv.to_json() for rv in verdict.recipients]})
+            "verdict.recipients": [rv.to_json() for rv in verdict.recipients],
+            "verdict.monitor": [m.to_json() for m in verdict.monitor] or None})
         if verdict.reject_reason is not None:
             self.audit.emit("message.rejected", {**base, "event.outcome": "failure",
                                                  "event.reason": "policy_reject"})
