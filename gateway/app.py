@@ -269,7 +269,7 @@ class Gateway:
         if self.delivery is not None:
             await self.delivery.stop(max(1.0, deadline - time.monotonic()))
         if self.handlers:
-            self.handlers[0].state.policy.close()
+            self.handlers[0].state.policy.close(wait=True)
         for s in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(s.wait_closed(), 1.0)

@@ -154,14 +154,15 @@ class PhiPolicy:
     def __init__(self, config: Config, processes: int | None = None,
                  timeout: float = 60.0) -> None:
         self.config = config
-        self.ruleset, engine = load_rules(config)
+        # Compiling here validates the rules before the pool is used; the engine itself is
+        # only needed in the pool's processes.
+        self.ruleset, _ = load_rules(config)
         self.timeout = timeout
         n = processes or config.rules.processes or max(
             1, (os.cpu_count() or 1) // max(1, config.workers))
         ctx = multiprocessing.get_context("forkserver")
         self.pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(config,))
-        self._engine = engine
 
     async def decide(self, envelope: Envelope, raw: bytes) -> Verdict:
         loop = asyncio.get_running_loop()
@@ -169,5 +170,5 @@ class PhiPolicy:
         outcome = await asyncio.wait_for(fut, self.timeout)
         return decide(self.ruleset, outcome, envelope, self.config.is_own_domain)
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool = False) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=True)

@@ -509,11 +509,9 @@ class IntakeHandler:
         state = "hold" if verdict.held else "incoming"
         loop = asyncio.get_running_loop()
         try:
-            if len(raw) > 1 << 20:
-                await loop.run_in_executor(None, lambda: self.spool.store(
-                    env, verdict, raw, state=state, queue_id=qid))
-            else:
-                self.spool.store(env, verdict, raw, state=state, queue_id=qid)
+            # In a thread: fsync of file and folder releases the GIL, so other sessions go on.
+            await loop.run_in_executor(None, lambda: self.spool.store(
+                env, verdict, raw, state=state, queue_id=qid))
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             self.audit.emit("message.deferred", {

@@ -18,8 +18,8 @@ class Policy(Protocol):
         answers 451 (fail closed) and the client retries."""
         ...
 
-    def close(self) -> None:
-        """Release resources (worker processes)."""
+    def close(self, wait: bool = False) -> None:
+        """Release resources (worker processes); ``wait`` for them to exit."""
         ...
 
 
@@ -31,5 +31,5 @@ class DeliverPolicy:
             recipients=tuple(RecipientVerdict(r, "deliver", "default") for r in envelope.rcpt_tos)
         )
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
         return None

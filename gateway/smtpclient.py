@@ -64,6 +64,30 @@ class Transaction:
         self.require_tls = require_tls
 
 
+async def _send_data(c: aiosmtplib.SMTP, data: bytes, wait: float) -> aiosmtplib.SMTPResponse:
+    """DATA with dot-stuffing by ``bytes.replace``. aiosmtplib's ``data()`` runs two regexes
+    over the body (line endings, dot-stuffing), a quarter of the gateway's time at 100 KB;
+    intake already guarantees CRLF-only lines, so only stuffing is left to do."""
+    if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
+        return await c.data(data)  # not CRLF-clean (should not happen): let aiosmtplib fix it
+    start = await c.execute_command(b"DATA", timeout=wait)
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    body = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    proto = c.protocol
+    if proto is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    proto.write(body)
+    proto.write(b".\r\n")
+    # No await between the write and read_response: the reply cannot arrive unexpected.
+    resp = await proto.read_response(timeout=wait)
+    if resp.code != 250:
+        raise aiosmtplib.SMTPDataError(resp.code, resp.message)
+    return resp
+
+
 class SmtpSender:
     def __init__(self, local_hostname: str, connect_timeout: float, command_timeout: float,
                  idle_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -229,7 +253,7 @@ class SmtpSender:
             await c.rset()
             return [results[r] for r in tx.recipients], True
         try:
-            resp = await c.data(tx.data)
+            resp = await _send_data(c, tx.data, self.command_timeout)
             for rcpt in accepted:
                 results[rcpt] = out(rcpt, resp.code, resp.message)
         except aiosmtplib.SMTPDataError as exc:
