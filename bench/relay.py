@@ -426,6 +426,7 @@ class Phigate(System):
             "domains=[example.org]",
             "log.stdout=false",
             f"workers={self.workers}",
+            *EXTRA_SETS,
         ]
         if self.profile is not None:
             head = [str(VENV_PY), "-m", "cProfile", "-o", str(self.profile), "-m", "gateway.cli"]
@@ -1099,6 +1100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path,
                    help="work folder (default: a new /var/tmp/phigate-bench-*)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
+    p.add_argument("--gateway-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra phigate --set override (repeatable), e.g. rules.enabled=false "
+                        "to measure the relay path alone")
     p.add_argument("--json-out", type=Path, help="also write the JSON summary to this file")
     return p
 
@@ -1139,8 +1143,13 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# --set overrides for every phigate started (``--gateway-set``), e.g. rules.enabled=false
+EXTRA_SETS: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    EXTRA_SETS.extend(args.gateway_set)
     args.timeout_set = any(a.startswith("--timeout") for a in (argv or sys.argv[1:]))
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)

@@ -16,7 +16,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .audit import AuditLog
@@ -25,7 +25,7 @@ from .dsn import FailedRecipient, build_bounce, status_for
 from .model import DeliveryStatus, Envelope, RecipientStatus, RecipientVerdict, Verdict
 from .routing import Route, RouteError, Router
 from .smtpclient import Outcome, SmtpSender, Transaction
-from .spool import Spool, SpoolError
+from .spool import Header, Spool, SpoolError
 
 FLUSH_TRIGGER = "flush"
 # Verdict actions whose transforms (portal rewrite, OpenPGP/S-MIME) are not built yet: such
@@ -34,6 +34,15 @@ UNAVAILABLE_ACTIONS = ("portal", "encrypt")
 # A message claimed this long ago belongs to a worker process that died; deliver it again
 # (at least once). Longer than any attempt can take with the default timeouts.
 STALE_ACTIVE = 3600.0
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """A message intake has just spooled, passed on in memory."""
+
+    envelope: Envelope
+    verdict: Verdict
+    raw: bytes
 
 
 def _duration(seconds: float) -> str:
@@ -65,7 +74,7 @@ class Delivery:
         self.sender = sender
         self.clock = clock
         self.scanner = scanner
-        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, str, Handoff | None]] = asyncio.Queue()
         self._deferred: list[tuple[float, str]] = []
         self._dest_sems: dict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(self.config.delivery.per_destination)
@@ -78,9 +87,14 @@ class Delivery:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def notify(self, queue_id: str, state: str = "incoming") -> None:
+    def notify(self, queue_id: str, state: str = "incoming",
+               handoff: Handoff | None = None) -> None:
+        """Queue a message for an attempt. Intake hands over what it just wrote, so the first
+        attempt need not read it back, unless a backlog builds up (memory stays bounded)."""
         if state in ("incoming", "deferred") and not self._stopping:
-            self._queue.put_nowait((queue_id, state))
+            if handoff is not None and self._queue.qsize() > 2 * self.config.delivery.concurrency:
+                handoff = None
+            self._queue.put_nowait((queue_id, state, handoff))
 
     def start(self) -> None:
         for _ in range(self.config.delivery.concurrency):
@@ -168,16 +182,16 @@ class Delivery:
     async def drain(self) -> None:
         """Process everything queued so far in this task (tests, one-shot flush)."""
         while not self._queue.empty():
-            qid, state = self._queue.get_nowait()
-            await self.process(qid, state)
+            qid, state, handoff = self._queue.get_nowait()
+            await self.process(qid, state, handoff)
 
     async def _worker(self) -> None:
         while True:
-            qid, state = await self._queue.get()
+            qid, state, handoff = await self._queue.get()
             if self._stopping:
                 continue
             try:
-                await self.process(qid, state)
+                await self.process(qid, state, handoff)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -186,13 +200,13 @@ class Delivery:
 
     # ------------------------------------------------------------------ one attempt
 
-    async def process(self, queue_id: str, state: str) -> bool:
+    async def process(self, queue_id: str, state: str, handoff: Handoff | None = None) -> bool:
         """Claim and attempt one message. False if another worker had it."""
         if not self.spool.claim(queue_id, state):
             return False
         self._inflight.add(queue_id)
         try:
-            await self._attempt(queue_id)
+            await self._attempt(queue_id, handoff)
         except SpoolError:
             self.spool.quarantine_corrupt("active", queue_id)
             self.audit.emit("queue.corrupt", {"email.local_id": queue_id})
@@ -211,12 +225,18 @@ class Delivery:
         if self.spool.move(queue_id, "active", "deferred"):
             heapq.heappush(self._deferred, (when, queue_id))
 
-    async def _attempt(self, qid: str) -> None:
-        header = self.spool.read_header("active", qid)
+    async def _attempt(self, qid: str, handoff: Handoff | None = None) -> None:
+        if handoff is not None:  # first attempt, straight from intake: nothing to read back
+            header = Header(qid, handoff.envelope, handoff.verdict, "message",
+                            handoff.envelope.received_at)
+            status = DeliveryStatus.fresh(handoff.envelope.rcpt_tos)
+            data = handoff.raw
+        else:
+            header = self.spool.read_header("active", qid)
+            status = self.spool.status(qid, header.envelope.rcpt_tos)
+            data = self.spool.read_message("active", qid)
         env = header.envelope
-        status = self.spool.status(qid, env.rcpt_tos)
         pending = list(status.pending)
-        data = self.spool.read_message("active", qid)
         attempt_no = status.attempts + 1
         started = self.clock()
 
