@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import email.policy
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
 
 from .config import Config
 from .extract import ExtractLimits, extract
+from .mime import header_section_size
 from .model import Envelope, Finding, RecipientVerdict, Verdict
 from .rules.builtin import WORDLISTS, validators
 from .rules.engine import Chunk, Engine, Hit
 from .rules.ruleset import MessageFacts, RuleSet, build_engine, choose, load_ruleset
 
 UNSCANNABLE_SCORE = 5.0
+_HEADERS = BytesHeaderParser(policy=email.policy.compat32)
 SECURE_KEYWORD = "[secure]"
 
 
@@ -80,10 +84,13 @@ class Scanner:
         analysis = self.engine.analyse(chunks)
         reasons = [u.reason for u in ex.unscannable]
         subject = next((c.text for c in ex.chunks if c.kind == "subject"), "")
-        headers = {}
-        for c in ex.chunks:
-            if c.kind == "header":
-                headers[c.where.lower()] = c.text
+        # Header conditions in policies look at the message's own header fields (in memory
+        # only: a subject can hold PHI and is never logged).
+        parsed = _HEADERS.parsebytes(raw[:header_section_size(raw, 1 << 20)])
+        headers: dict[str, str] = {}
+        for name, value in parsed.items():
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else str(value)
         return ScanOutcome(
             findings=_aggregate(analysis.hits, reasons),
             phi=analysis.phi,
