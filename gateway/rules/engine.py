@@ -3,14 +3,28 @@
 All detector patterns go into one Hyperscan database (regexes, start-of-match reported), and
 all literal vocabularies (drug names, condition terms, context words) into a second one
 (Hyperscan's literal mode). One pass of each over a message's text yields every candidate;
-Python then only validates candidates (checksums, code lists, phonenumbers) and checks their
-context. Hyperscan never backtracks, so no admin pattern can make a scan slow, and it is
-50-100x faster than Python's ``re`` over the same patterns (see bench/scan).
+Python then only validates candidates (checksums, code lists, name lists, the few characters
+around a match) and checks their context. Hyperscan never backtracks, so no admin pattern can
+make a scan slow, and it is 50-100x faster than Python's ``re`` over the same patterns.
 
-Decision (per message): PHI when a strong identifier appears (SSN, MBI, MRN, labelled DOB,
-member or Medicaid ID, ...), or when a person in patient context appears with health
-information or with another identifier, or when health information appears beside identifiers
-in patient context. Provider identifiers (NPI, DEA) add to the score only next to patient
+Context is either a word near the match (``context`` within ``window`` bytes) or, in tables
+(CSV, TSV, spreadsheets, HTML tables as text), a word in the header of the match's column or
+in the label cell of its row (``column_context``): a date under a "DOB" column is a birth date
+however far the header is. A name under a "Patient" column is a labelled patient
+(``patient_columns``).
+
+Names of the message's correspondents (the sender, and clinicians among the recipients, from
+the address headers) are not patients: a name mention that is one of them is dropped.
+
+Decision (per message, ``decide``): PHI when a strong identifier appears (SSN, MBI, MRN, a
+labelled DOB, a DOB beside a name, member or Medicaid ID); when a name in patient context
+(labelled, or in a patient column) appears with anything else about that person; when a
+mentioned name appears near health information (weighing at least a diagnosis: a drug name
+alone could be a product) or near a non-contact identifier; when a
+message addressed to a named person speaks of "your" condition, drug or result; or when health
+information appears beside an identifier in patient context. Contact details (phone, e-mail,
+street address) identify a person but say nothing about health: with a name alone they are a
+business card, not PHI. Provider identifiers (NPI, DEA) add to the score only next to patient
 content. Matched text never leaves this module except masked, for ``--explain``.
 """
 
@@ -18,24 +32,43 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import hashlib
+import operator
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import hyperscan
 
 from .validators import VALIDATORS
 
 # Categories of detectors.
-IDENTIFIER = "identifier"  # ties data to a person (SSN, phone, ...)
+IDENTIFIER = "identifier"  # ties data to a person (SSN, account, card, ...)
+CONTACT = "contact"  # reaches a person (phone, e-mail, street address): not health on its own
 CLINICAL = "clinical"  # health information (diagnosis, drug, lab, code)
-PERSON = "person"  # a person's name in patient context
+PERSON = "person"  # a person's name in patient context (labelled, patient column)
+NAME = "name"  # a person's name mentioned in running text (not a correspondent or clinician)
 PROVIDER = "provider"  # identifies a clinician (NPI, DEA), not a patient
-CONTEXT = "context"  # words that signal a patient ("patient", "DOB", ...)
-CATEGORIES = (IDENTIFIER, CLINICAL, PERSON, PROVIDER, CONTEXT)
+CONTEXT = "context"  # words that signal a patient ("patient", "DOB", "your", ...)
+CATEGORIES = (IDENTIFIER, CONTACT, CLINICAL, PERSON, NAME, PROVIDER, CONTEXT)
+# Types of context detectors that decide() looks at.
+SECOND_PERSON = "second_person"  # "your": the reader's own condition, drug or result
+ADDRESSEE = "addressee"  # the named person a message is written to ("Dear Mr Roe", "Jane, your")
+BULK = "bulk_mail"  # newsletter and marketing footers: not written to one patient
+_NAMEISH = (PERSON, NAME)
+
+# How far apart (bytes, same part of the message) a mention and what it is tied to may be.
+NEAR = 400
+# Health information near a mentioned name must weigh this much (detector scores): a drug name
+# alone (0.5) could be a product ("insulin pen needles"); a diagnosis, a lab result, a dose or
+# two drug names are about someone's health.
+HEALTH_WEIGHT = 1.0
+# "your" this close before a clinical term addresses the reader's own health.
+SECOND_PERSON_WINDOW = 40
 
 
 @dataclass(frozen=True)
@@ -51,6 +84,8 @@ class DetectorSpec:
     context: tuple[str, ...] = ()  # words that must (or may) be near
     context_required: bool = False
     window: int = 80
+    column_context: tuple[str, ...] = ()  # words in the column header / row label of a table
+    patient_columns: tuple[str, ...] = ()  # a name under such a column header is a patient
     exclude_context: tuple[str, ...] = ()  # words that, just before a match, rule it out
     exclude_window: int = 25
     score: float = 1.0
@@ -61,23 +96,45 @@ class DetectorSpec:
 
 
 @dataclass(frozen=True)
+class ContextualValidator:
+    """A validator that also sees the text just before and after the match (a title before a
+    name, a credential after it). Called with the match alone it sees no context."""
+
+    check: Callable[[str, str, str], bool]
+    before: int = 60
+    after: int = 40
+    # a cheap test on the match alone: False rejects it without building the context
+    prefilter: Callable[[str], bool] | None = None
+
+    def __call__(self, text: str) -> bool:
+        return self.check("", text, "")
+
+
+@dataclass(frozen=True)
 class Chunk:
     where: str
     kind: str
     text: str
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
+    """One detector match. A named tuple rather than a dataclass: messages make thousands of
+    candidates and a tuple is several times cheaper to build. Its repr hides the value."""
+
     detector: str
     type: str
     category: str
     where: str
-    start: int  # offset within the chunk's text
+    start: int  # offset within the chunk's text (bytes of its UTF-8 encoding)
     end: int
     score: float
     strong: bool
-    value: str = field(repr=False)  # in memory only: masked before anyone sees it
+    value: str  # in memory only: masked before anyone sees it
+    kind: str = ""  # the chunk's kind: subject, body, attachment, filename, header
+
+    def __repr__(self) -> str:
+        return (f"Hit(detector={self.detector!r}, type={self.type!r}, where={self.where!r}, "
+                f"start={self.start}, end={self.end})")
 
     def masked(self) -> str:
         v = self.value
@@ -170,14 +227,224 @@ def _is_word_char(b: int) -> bool:
     return (48 <= b <= 57) or (65 <= b <= 90) or (97 <= b <= 122) or b >= 128
 
 
+# --------------------------------------------------------------------------- tables
+
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def normalise_label(text: str) -> str:
+    """'PatientName' / 'Date-of-Birth:' -> ' patient name ' / ' date of birth ' (for matching
+    context words as whole words)."""
+    return " " + _NON_ALNUM.sub(" ", _CAMEL.sub(" ", text).lower()).strip() + " "
+
+
+_DIGIT = re.compile(rb"\d")
+
+
+@functools.lru_cache(maxsize=4096)
+def _label(cell: bytes) -> str:
+    return normalise_label(cell.decode("utf-8", "replace").strip(' "'))
+
+
+def _split_cells(line: bytes) -> tuple[bytes, list[int]] | None:
+    """The delimiter of a table row and the offsets where its cells start, or None when the
+    line is not a row (CSV quoting respected)."""
+    if b"\t" in line:
+        delim = b"\t"
+    elif line.count(b"|") >= 2:
+        delim = b"|"
+    elif b"," in line or line.count(b";") >= 2:
+        delim = b"," if line.count(b",") >= line.count(b";") else b";"
+    else:
+        return None
+    starts = [0]
+    if b'"' not in line:
+        pos = line.find(delim)
+        while pos >= 0:
+            starts.append(pos + 1)
+            pos = line.find(delim, pos + 1)
+        return delim, starts
+    d = delim[0]
+    quoted = False
+    for i, b in enumerate(line):
+        if b == 34:  # '"'
+            quoted = not quoted
+        elif b == d and not quoted:
+            starts.append(i + 1)
+    return delim, starts
+
+
+def _header_like(line: bytes, starts: list[int]) -> bool:
+    """Can this comma-separated line head a table? Every cell filled and short (a sentence
+    with a comma, "Dear Mr. Roe,", is not a header)."""
+    ends = [*(s - 1 for s in starts[1:]), len(line)]
+    return all(0 < len(line[a:b].strip()) <= 40 for a, b in zip(starts, ends, strict=True))
+
+
+class _Tables:
+    """Column headers and row labels of the delimited tables in one scanned text, computed
+    lazily (only for candidates that need table context) and memoised per line."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._header: dict[int, int] = {}  # line start -> its table's header line start
+        self._row: dict[int, tuple[int, bytes, tuple[bytes, list[int]] | None]] = {}
+        self._labels: dict[tuple[int, int, bool], tuple[str, ...]] = {}
+        self._at: dict[int, tuple[str, ...]] = {}
+        self._header_cell: dict[tuple[int, int], str] = {}
+        self._plain: dict[int, bool] = {}
+
+    def _line(self, ls: int) -> tuple[int, bytes, tuple[bytes, list[int]] | None]:
+        got = self._row.get(ls)
+        if got is None:
+            le = self.data.find(b"\n", ls)
+            if le < 0:
+                le = len(self.data)
+            line = self.data[ls:le].rstrip(b"\r")
+            got = (le, line, _split_cells(line))
+            self._row[ls] = got
+        return got
+
+    def _prev_row(self, ls: int) -> int | None:
+        """Start of the previous non-blank line, if any (blank lines separate HTML rows)."""
+        pos = ls - 1
+        for _ in range(3):
+            if pos <= 0:
+                return None
+            start = self.data.rfind(b"\n", 0, pos) + 1
+            if self.data[start:pos].strip(b"\r \t"):
+                return start
+            if b"\x00" in self.data[start:pos]:
+                return None
+            pos = start - 1
+        return None
+
+    def _header_of(self, ls: int) -> int:
+        chain = []
+        cur = ls
+        while cur not in self._header:
+            chain.append(cur)
+            _, _, cells = self._line(cur)
+            prev = self._prev_row(cur)
+            if cells is None or prev is None:
+                break
+            _, pline, pcells = self._line(prev)
+            if pcells is None or pcells[0] != cells[0] or len(pcells[1]) != len(cells[1]) or (
+                    pcells[0] == b"," and not _header_like(pline, pcells[1])):
+                break
+            cur = prev
+        top = self._header.get(cur, cur)
+        for c in chain:
+            self._header[c] = top
+        return top
+
+    def labels(self, pos: int) -> tuple[str, ...]:
+        """The column header and the row label (first cell of a two-cell row, or the text
+        before a colon in the same cell) of the table cell holding ``pos``, normalised."""
+        got = self._at.get(pos)
+        if got is None:
+            got = self._at[pos] = self._labels_at(pos)
+        return got
+
+    def _labels_at(self, pos: int) -> tuple[str, ...]:
+        ls = self.data.rfind(b"\n", 0, pos) + 1
+        _, line, cells = self._line(ls)
+        if cells is None:
+            return ()
+        delim, starts = cells
+        plain = self._plain.get(ls)
+        if plain is None:  # a line of prose: no colon, not a two-cell row, no header above
+            plain = self._plain[ls] = b":" not in line and not (
+                len(starts) == 2 and delim in (b"\t", b"|")) and self._header_of(ls) == ls
+        if plain:
+            return ()
+        col = bisect.bisect_right(starts, pos - ls) - 1
+        cell_end = starts[col + 1] - 1 if col + 1 < len(starts) else len(line)
+        cell = line[starts[col]:cell_end]
+        # spreadsheets as text: "Header: value" in each cell
+        colon = cell.find(b":")
+        after_colon = 0 < colon < pos - ls - starts[col]
+        key = (ls, col, after_colon)
+        got = self._labels.get(key)
+        if got is not None:
+            return got
+        out = []
+        if after_colon:
+            out.append(cell[:colon])
+        elif len(starts) == 2 and col == 1 and delim in (b"\t", b"|"):
+            out.append(line[:starts[1] - 1])
+        labels = [_label(c) for c in out]
+        top = self._header_of(ls)
+        if top != ls:
+            hkey = (top, col)
+            header = self._header_cell.get(hkey)
+            if header is None:
+                header = ""
+                _, hline, hcells = self._line(top)
+                if hcells is not None and col < len(hcells[1]):
+                    hs = hcells[1]
+                    hcell = hline[hs[col]:hs[col + 1] - 1 if col + 1 < len(hs) else len(hline)]
+                    if _DIGIT.search(hcell) is None:
+                        header = _label(hcell)
+                self._header_cell[hkey] = header
+            if header:
+                labels.append(header)
+        got = tuple(labels)
+        self._labels[key] = got
+        return got
+
+
+# --------------------------------------------------------------------------- correspondents
+
+_CREDENTIALS = frozenset({
+    "md", "do", "np", "pa", "pa-c", "rn", "lpn", "phd", "pharmd", "rph", "dds", "dmd", "dpm",
+    "od", "dc", "lcsw", "lmft", "lpc", "aprn", "crna", "fnp", "dnp", "cnm", "mph", "facp",
+    "facc", "msn", "bsn", "psyd", "mbbs", "cnp", "fnp-c", "agnp", "pt", "dpt", "ot", "otr",
+    "slp", "rd", "cde", "ms", "ma", "mba", "faafp", "faap", "mhs", "acnp",
+})
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z'-]*")
+_TITLES = frozenset({"mr", "mrs", "ms", "miss", "mx", "dr", "prof"})
+
+
+def name_tokens(text: str) -> frozenset[str]:
+    """Lower-case name words of a name as written (titles, initials and credentials
+    dropped): 'Roe, Jane M.' and 'Ms. Jane Roe' -> {'jane', 'roe'}."""
+    return frozenset(t for t in (w.lower() for w in _TOKEN.findall(text))
+                     if len(t) > 1 and t not in _TITLES and t not in _CREDENTIALS)
+
+
+def _correspondents(chunks: Sequence[Chunk]) -> list[frozenset[str]]:
+    """Display names of the sender (always) and of recipients who are clinicians (a
+    credential after the name): such names in the text are not patients."""
+    out: list[frozenset[str]] = []
+    for c in chunks:
+        if c.kind != "header":
+            continue
+        field_name = c.where.rpartition(" ")[2]
+        for display in c.text.split("\n"):
+            head, _, tail = display.partition(",")
+            credentialed = any(t.lower().strip(".") in _CREDENTIALS
+                               for t in re.split(r"[\s,]+", tail) if t)
+            if field_name in ("from", "sender", "reply-to") or credentialed:
+                toks = name_tokens(head)
+                if len(toks) >= 2:
+                    out.append(toks)
+    return out
+
+
+# --------------------------------------------------------------------------- engine
+
+
 class Engine:
     """Compiled detectors. Build once (start-up or reload); ``analyse`` is cheap."""
 
     def __init__(self, specs: Sequence[DetectorSpec],
-                 extra_validators: dict[str, Callable[[str], bool]] | None = None,
+                 extra_validators: Mapping[str, Callable[[str], bool]] | None = None,
                  cache_dir: Path | None = None) -> None:
         self.specs = list(specs)
-        self.validators = {**VALIDATORS, **(extra_validators or {})}
+        self.validators: dict[str, Callable[[str], bool]] = {
+            **VALIDATORS, **(extra_validators or {})}
         # Regexes are compiled into one database per rule file: the shipped file's database is
         # compiled once and cached, and an admin's edit recompiles only their own small file.
         groups: dict[str, tuple[list[bytes], list[int], list[int]]] = {}
@@ -187,6 +454,8 @@ class Engine:
         context_index: dict[bytes, int] = {}
         self._context_ids: list[set[int]] = []  # spec index -> literal ids of its context
         self._exclude_ids: list[set[int]] = []
+        self._column_words: list[tuple[str, ...]] = []
+        self._patient_columns: list[tuple[str, ...]] = []
         for i, spec in enumerate(self.specs):
             if spec.validate and spec.validate not in self.validators:
                 raise RuleCompileError(spec, spec.validate, "unknown validator")
@@ -217,6 +486,17 @@ class Engine:
 
             self._context_ids.append(context_ids(spec.context))
             self._exclude_ids.append(context_ids(spec.exclude_context))
+            self._column_words.append(tuple(normalise_label(w) for w in spec.column_context))
+            self._patient_columns.append(
+                tuple(normalise_label(w) for w in spec.patient_columns))
+        self._plans = [
+            (spec, spec.category in _NAMEISH or spec.type == ADDRESSEE,
+             frozenset(self._context_ids[i]),
+             _words_rx(self._column_words[i]), frozenset(self._exclude_ids[i])
+             if spec.exclude_context else frozenset(),
+             self.validators[spec.validate] if spec.validate else None,
+             _words_rx(self._patient_columns[i]), spec.category == NAME)
+            for i, spec in enumerate(self.specs)]
         self._regex_dbs: list[tuple[hyperscan.Database, list[int]]] = [
             (_database(exprs, fl, False, cache_dir), owners)
             for exprs, fl, owners in groups.values()
@@ -227,16 +507,20 @@ class Engine:
 
     # ------------------------------------------------------------------ scanning
 
-    def _scan(self, data: bytes) -> tuple[dict[tuple[int, int], int], list[tuple[int, int, int]]]:
-        """Regex candidates {(spec, start): end} (longest per start) and literal hits."""
-        regex: dict[tuple[int, int], int] = {}
+    def _scan(self, data: bytes) -> tuple[dict[tuple[int, int], list[int]],
+                                          list[tuple[int, int, int]]]:
+        """Regex candidates {(spec, start): [ends]} and literal hits."""
+        regex: dict[tuple[int, int], list[int]] = {}
         literal: list[tuple[int, int, int]] = []
         owner: list[int] = []
 
         def on_regex(eid: int, start: int, end: int, flags: int, ctx: object) -> None:
             key = (owner[eid], start)
-            if regex.get(key, -1) < end:
-                regex[key] = end
+            ends = regex.get(key)
+            if ends is None:
+                regex[key] = [end]
+            else:
+                ends.append(end)
 
         def on_literal(lid: int, start: int, end: int, flags: int, ctx: object) -> None:
             # literal mode has no \b: require word boundaries here
@@ -252,12 +536,22 @@ class Engine:
         return regex, literal
 
     def analyse(self, chunks: Sequence[Chunk]) -> Analysis:
+        # The same text twice (a text/plain body and its text/html alternative, a file
+        # attached twice) is scanned once, where it first appears.
+        seen: set[str] = set()
+        unique: list[Chunk] = []
+        for c in chunks:
+            key = " ".join(c.text.split())
+            if c.kind == "header" or key not in seen:
+                seen.add(key)
+                unique.append(c)
+        chunks = unique
         # One text for all chunks; separators keep matches and context inside one chunk.
         parts: list[bytes] = []
         starts: list[int] = []
         pos = 0
         for c in chunks:
-            b = c.text.encode("utf-8", "replace")
+            b = c.text.encode("utf-8", "replace").replace(b"\x00", b" ")
             starts.append(pos)
             parts.append(b)
             pos += len(b) + 3
@@ -265,45 +559,110 @@ class Engine:
         regex, literal = self._scan(data)
 
         context_pos: dict[int, list[int]] = {}
-        candidates: list[tuple[int, int, int]] = []
+        candidates: list[tuple[int, int, list[int]]] = []
         for lid, start, end in literal:
             spec_i, is_context = self._literal_owner[lid]
             if is_context:
                 context_pos.setdefault(lid, []).append(start)
             else:
-                candidates.append((spec_i, start, end))
+                candidates.append((spec_i, start, [end]))
         for positions in context_pos.values():
             positions.sort()
-        candidates.extend((spec_i, start, end) for (spec_i, start), end in regex.items())
+        candidates.extend((spec_i, start, ends) for (spec_i, start), ends in regex.items())
+        tables = _Tables(data)
+        correspondents: list[frozenset[str]] | None = None
         hits: list[Hit] = []
-        for spec_i, start, end in candidates:
-            spec = self.specs[spec_i]
-            if spec.validate and not self.validators[spec.validate](
-                    data[start:end].decode("utf-8", "replace")):
+        checked: dict[tuple[str, int, int], bool] = {}
+        plans = self._plans
+        n = len(data)
+        for spec_i, start, ends in candidates:
+            (spec, nameish, ctx_ids, col_words, excl_ids, validator, patient_cols,
+             is_name) = plans[spec_i]
+            if nameish and chunks and chunks[bisect.bisect_right(starts, start) - 1].kind == (
+                    "header"):
+                continue  # display names of correspondents are not patients
+            longest = max(ends) if len(ends) > 1 else ends[0]
+            # cheap checks first: context words near (the window is measured from the longest
+            # end, which can only make it wider), excluded words; then validation (memoised:
+            # several detectors validate the same span); table labels last
+            window_ok = bool(ctx_ids) and _near(ctx_ids, start - spec.window,
+                                                longest + spec.window, context_pos)
+            if spec.context_required and not window_ok and not col_words:
                 continue
-            if spec.context_required and not _near(
-                    self._context_ids[spec_i], start - spec.window, end + spec.window,
-                    context_pos):
+            if excl_ids and _near(excl_ids, start - spec.exclude_window, start - 1,
+                                  context_pos):
                 continue
-            if spec.exclude_context and _near(
-                    self._exclude_ids[spec_i], start - spec.exclude_window, start - 1,
-                    context_pos):
+            if validator is None:
+                end = longest
+            else:
+                # name patterns match whole runs of capitalised words and their validators
+                # look inside the run: a shorter run would only cut a name (and its
+                # credential) short
+                if len(ends) == 1 and (longest >= n or not (
+                        _is_word_char(data[longest]) and _is_word_char(data[longest - 1]))):
+                    tried = ends
+                else:
+                    tried = _word_ends(data, ends, 1 if nameish else 3)
+                found = None
+                for e in tried:
+                    vkey = (spec.validate or "", start, e)
+                    ok = checked.get(vkey)
+                    if ok is None:
+                        ok = checked[vkey] = _valid(validator, data, start, e)
+                    if ok:
+                        found = e
+                        break
+                if found is None:
+                    continue
+                end = found
+            if spec.context_required and not window_ok and not _labelled(
+                    col_words, tables.labels(start)):
                 continue
-            hits.append(self._hit(spec_i, data, start, end, chunks, starts))
-        hits = _dedupe(hits)
-        return decide(hits)
+            ci = bisect.bisect_right(starts, start) - 1
+            base = starts[ci]
+            hit = Hit(spec.id, spec.type, spec.category, chunks[ci].where, start - base,
+                      end - base, spec.score, spec.strong,
+                      data[start:end].decode("utf-8", "replace"), chunks[ci].kind)
+            if patient_cols and _labelled(patient_cols, tables.labels(start)):
+                hit = hit._replace(category=PERSON)
+            elif is_name:
+                if correspondents is None:
+                    correspondents = _correspondents(chunks)
+                if correspondents:
+                    toks = name_tokens(hit.value)
+                    if any(len(toks & c) >= min(2, len(toks)) for c in correspondents):
+                        continue
+            hits.append(hit)
+        return decide(_dedupe(hits))
 
-    def _hit(self, spec_i: int, data: bytes, start: int, end: int,
-             chunks: Sequence[Chunk], starts: list[int]) -> Hit:
-        spec = self.specs[spec_i]
-        ci = max(0, bisect.bisect_right(starts, start) - 1)
-        base = starts[ci] if starts else 0
-        return Hit(spec.id, spec.type, spec.category,
-                   chunks[ci].where if chunks else "", start - base, end - base, spec.score,
-                   spec.strong, data[start:end].decode("utf-8", "replace"))
+
+def _valid(fn: Callable[[str], bool], data: bytes, start: int, end: int) -> bool:
+    text = data[start:end].decode("utf-8", "replace")
+    if isinstance(fn, ContextualValidator):
+        if fn.prefilter is not None and not fn.prefilter(text):
+            return False
+        lo = data.rfind(b"\x00", max(0, start - fn.before), start) + 1
+        hi = data.find(b"\x00", end, end + fn.after)
+        before = data[max(lo, start - fn.before):start].decode("utf-8", "replace")
+        after = data[end:hi if hi >= 0 else end + fn.after].decode("utf-8", "replace")
+        return fn.check(before, text, after)
+    return fn(text)
 
 
-def _near(ids: set[int], lo: int, hi: int, context_pos: dict[int, list[int]]) -> bool:
+def _word_ends(data: bytes, ends: list[int], tries: int = 3) -> list[int]:
+    """The longest few ends of a candidate that do not cut a word in two."""
+    out = []
+    n = len(data)
+    for e in sorted(set(ends), reverse=True):
+        if e < n and e > 0 and _is_word_char(data[e]) and _is_word_char(data[e - 1]):
+            continue
+        out.append(e)
+        if len(out) == tries:
+            break
+    return out
+
+
+def _near(ids: Iterable[int], lo: int, hi: int, context_pos: dict[int, list[int]]) -> bool:
     """Does a context word of ``ids`` start within [lo, hi]?"""
     for lid in ids:
         positions = context_pos.get(lid)
@@ -315,17 +674,51 @@ def _near(ids: set[int], lo: int, hi: int, context_pos: dict[int, list[int]]) ->
     return False
 
 
+def _words_rx(words: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern for a list of normalised label words (' patient name ' ...)."""
+    return re.compile("|".join(re.escape(w) for w in words)) if words else None
+
+
+def _labelled(words: re.Pattern[str] | None, labels: tuple[str, ...]) -> bool:
+    return words is not None and any(words.search(label) for label in labels)
+
+
+_RANK = {c: i for i, c in enumerate((IDENTIFIER, PERSON, CLINICAL, NAME, CONTACT, PROVIDER,
+                                     CONTEXT))}
+
+
 def _dedupe(hits: list[Hit]) -> list[Hit]:
-    """One hit per (type, where, span): two detectors finding the same SSN count once."""
-    seen: set[tuple[str, str, int]] = set()
-    out: list[Hit] = []
-    for h in sorted(hits, key=lambda h: (h.where, h.start, -h.end)):
+    """One hit per (type, where, start): two detectors finding the same SSN count once, and
+    the stronger reading of a span wins (the longer match, a strong identifier over a weak
+    one, a labelled patient over a mere mention). Ordered by place."""
+    best: dict[tuple[str, str, int], Hit] = {}
+    for h in hits:
         key = (h.type, h.where, h.start)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(h)
-    return out
+        old = best.get(key)
+        if old is None or (h.end, h.strong, -_RANK.get(h.category, 99)) > (
+                old.end, old.strong, -_RANK.get(old.category, 99)):
+            best[key] = h
+    return sorted(best.values(), key=_PLACE)
+
+
+_PLACE = operator.itemgetter(3, 4)  # (where, start)
+
+
+# --------------------------------------------------------------------------- decision
+
+_WIDE = ("subject", "filename")  # a name or a condition there is about the whole message
+
+
+def _close(a: Hit, b: Hit, window: int = NEAR) -> bool:
+    if a.kind in _WIDE or b.kind in _WIDE:
+        return True
+    return a.where == b.where and abs(a.start - b.start) <= window
+
+
+def _addressed(c: Hit, second: Sequence[Hit]) -> bool:
+    """Is clinical hit ``c`` preceded closely by "your"?"""
+    return any(s.where == c.where and 0 <= c.start - s.end <= SECOND_PERSON_WINDOW
+               for s in second)
 
 
 def decide(hits: Sequence[Hit]) -> Analysis:
@@ -333,17 +726,32 @@ def decide(hits: Sequence[Hit]) -> Analysis:
     for h in hits:
         by_cat.setdefault(h.category, []).append(h)
     strong = [h for h in hits if h.strong]
-    person = by_cat[PERSON]
+    patients = by_cat[PERSON]
+    names = by_cat[NAME]
     clinical = by_cat[CLINICAL]
     identifiers = by_cat[IDENTIFIER]
-    context = by_cat[CONTEXT]
+    contacts = by_cat[CONTACT]
+    context = [h for h in by_cat[CONTEXT] if h.type not in (SECOND_PERSON, ADDRESSEE, BULK)]
+    second = [h for h in by_cat[CONTEXT] if h.type == SECOND_PERSON]
+    addressees = [h for h in by_cat[CONTEXT] if h.type == ADDRESSEE]
+    bulk = any(h.type == BULK for h in by_cat[CONTEXT])
     reasons: list[str] = []
     if strong:
         reasons.append("strong_identifier")
-    if person and (clinical or identifiers or strong):
+    if patients and (clinical or identifiers or contacts or strong or len(patients) > 1
+                     or names):
+        reasons.append("patient_with_details")
+    if any(_close(n, x) for n in names for x in identifiers) or any(
+            sum(c.score for c in clinical if _close(n, c)) >= HEALTH_WEIGHT for n in names):
         reasons.append("person_with_health_or_identifier")
-    if clinical and identifiers and (context or person):
+    if addressees and not bulk and any(_addressed(c, second) for c in clinical):
+        reasons.append("addressee_with_own_health")
+    if clinical and identifiers and (context or patients or names):
         reasons.append("health_with_identifier_in_patient_context")
+    if "addressee_with_own_health" in reasons:
+        # the person the message is written to is the patient: their name is PHI too
+        hits = [h._replace(type="name", category=NAME) if h.type == ADDRESSEE else h
+                for h in hits]
     phi = bool(reasons)
     score = sum(h.score for h in hits if h.category != PROVIDER)
     if phi:

@@ -24,7 +24,8 @@ from .validators import VALIDATORS
 DETECTOR_KEYS = {
     "id", "type", "category", "description", "pattern", "patterns", "words", "wordlist",
     "caseless", "validate", "context", "context_required", "window", "score", "strong",
-    "examples", "override", "exclude_context", "exclude_window",
+    "examples", "override", "exclude_context", "exclude_window", "column_context",
+    "patient_columns",
 }
 POLICY_KEYS = {"id", "description", "when", "action", "monitor", "override", "before",
                "examples"}
@@ -329,14 +330,17 @@ def _detector(d: Any, path: str, at: Callable[[str], str], probs: _Problems,
         exclude_context=tuple(str(c) for c in d.get("exclude_context") or ()),
         exclude_window=int(d.get("exclude_window", 25)),
         window=int(d.get("window", 80)),
+        column_context=tuple(str(c) for c in d.get("column_context") or ()),
+        patient_columns=tuple(str(c) for c in d.get("patient_columns") or ()),
         score=float(d.get("score", 1.0)),
         strong=bool(d.get("strong", False)),
         examples_match=tuple(str(x) for x in ex.get("match") or ()),
         examples_no_match=tuple(str(x) for x in ex.get("no_match") or ()),
         source=where,
     )
-    if spec.context_required and not spec.context:
-        probs.add(where, f"detector '{did}': context_required needs a context word list")
+    if spec.context_required and not (spec.context or spec.column_context):
+        probs.add(where, f"detector '{did}': context_required needs a context or "
+                  "column_context word list")
     return spec
 
 

@@ -6,6 +6,7 @@ its kind; the detector names it with ``validate: NAME`` in the rule files.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 
@@ -121,6 +122,38 @@ def ipv4(text: str) -> bool:
     return all(n <= 255 for n in nums) and nums[0] not in (0, 255) and nums != [127, 0, 0, 1]
 
 
+def licence_number(text: str) -> bool:
+    """A licence-like number after its label: some digits, and long enough to be issued to a
+    person (US driver's licences are 7-13 letters and digits)."""
+    value = text.rsplit(":", 1)[-1].rsplit("#", 1)[-1]
+    return len(digits(value)) >= 2 and sum(c.isalnum() for c in value) >= 7
+
+
+_URL_ID = re.compile(r"[/=](?=[A-Za-z0-9-]*\d)[A-Za-z0-9-]{6,}(?:[/?&#]|$)")
+
+
+def record_url(text: str) -> bool:
+    """A link to one record: a path segment or query value of six or more letters and digits
+    with a digit in it (https://portal/mychart/patient/3fa9c2e1/results, ?mrn=00123456), not
+    a site's home or login page."""
+    url = text.strip().rstrip("\"'<>")
+    rest = url.split("://", 1)[-1]
+    path = rest[rest.find("/"):] if "/" in rest else ""
+    return _URL_ID.search(path) is not None
+
+
+def ip_address(text: str) -> bool:
+    """An IPv4 address as ``ipv4`` accepts, or an IPv6 address (not loopback or unspecified)."""
+    t = text.strip()
+    if ":" not in t:
+        return ipv4(t)
+    try:
+        addr = ipaddress.IPv6Address(t)
+    except ValueError:
+        return False
+    return not (addr.is_loopback or addr.is_unspecified)
+
+
 def date(text: str) -> bool:
     """A calendar date that could be a birth date (year 1900-2030, month and day in range)."""
     nums = [int(n) for n in re.findall(r"\d+", text)]
@@ -163,6 +196,9 @@ VALIDATORS: dict[str, Callable[[str], bool]] = {
     "vin": vin,
     "mbi": mbi,
     "ipv4": ipv4,
+    "ip_address": ip_address,
+    "record_url": record_url,
+    "licence_number": licence_number,
     "date": date,
     "phone": phone,
 }

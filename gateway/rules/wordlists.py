@@ -4,6 +4,8 @@
 - Drug names: the 107k name variants of `drug-named-entity-recognition` (read from its data
   file directly; importing the package builds an n-gram index we do not need).
 - Person names: Faker's name lists for several locales (clean provenance).
+- Condition terms: the heads of the ICD-10-CM descriptions ("Pneumonia, unspecified organism"
+  -> "pneumonia"), without the generic ones ("injury", "problems", "exposure").
 """
 
 from __future__ import annotations
@@ -93,3 +95,63 @@ def person_names() -> tuple[frozenset[str], frozenset[str]]:
                 if n.isascii() and n.isalpha() and len(n) > 1:
                     target.add(n)
     return frozenset(first), frozenset(last)
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Head words that are not a condition on their own (too generic, or ordinary English).
+_CONDITION_STOP = (_words("""
+absent abuse blood breakdown burns complication complications condition conditions corrosion
+corrosions deficiency deformity deletions deposits derangement difficulties diseases disorders
+dissection displacement duplications effects endocrine enlargement erosion eversion excessive
+exposure female male finding fissured fourth fifth sixth third second first fusion gestational
+hostility illness individual infection infections injuries injury instability leakage lobulated
+maltreatment obstruction overactivity perforation plague problems sedative sequelae shock sinus
+smoking spotting strain supervision thoracic underdosing unhappiness worries preterm polyp
+salmonella streptococcus ganglion fracture fractures contusion abrasion laceration avulsion
+sprain dislocation subluxation blister nevus cysts chills flushing fistula colic pannus pinta
+chignon crushing amputation puncture bite foreign frostbite sunburn starvation exhaustion
+hiccough sneezing snoring stiffness tremor weakness pallor
+"""))
+# Words that make a multi-word head administrative or generic rather than a condition.
+_CONDITION_GENERIC = (_words("""
+encounter history status screening examination observation presence absence contact exposure
+problems problem sequelae poisoning underdosing adverse effect effects finding findings person
+family personal procedure procedures care device implant transplant other specified part region
+site level unspecified fracture injury laceration contusion abrasion burn corrosion frostbite
+puncture bite crushing amputation dislocation sprain strain displaced nondisplaced initial
+subsequent encounter newborn fetus maternal counseling vaccination immunization
+"""))
+_PAREN = re.compile(r"\([^)]*\)")
+_HEAD_CUT = re.compile(r",| with | without | due to | in diseases| of unspecified| of other"
+                       r"| following | complicating | associated with | not elsewhere| nec\b"
+                       r"| nos\b|:| \[")
+_QUALIFIERS = re.compile(r"\b(?:unspecified|other specified|other|acute and chronic)\b")
+
+
+@functools.cache
+def condition_terms() -> tuple[str, ...]:
+    """Condition names from the ICD-10-CM descriptions (chapters A-T: no external causes,
+    no Z-code encounters), one to four words long."""
+    with gzip.open(_package_file("icd10", "icd10.json.gz")) as fh:
+        codes = json.load(fh)
+    terms: set[str] = set()
+    for code, (_, desc) in codes.items():
+        if code[:1] in "UVWXYZ":
+            continue
+        t = _HEAD_CUT.split(_PAREN.sub("", str(desc).lower()))[0]
+        t = " ".join(_QUALIFIERS.sub("", t).split()).strip(" -")
+        words = t.split()
+        if len(t) < 5 or not 1 <= len(words) <= 4:
+            continue
+        if len(words) == 1 and t in _CONDITION_STOP:
+            continue
+        if len(words) > 1 and (words[0] in _CONDITION_STOP
+                               or any(w in _CONDITION_GENERIC for w in words)):
+            continue
+        if not _DRUG_SHAPE.fullmatch(t.replace("'", "")):
+            continue
+        terms.add(t)
+    return tuple(sorted(terms))

@@ -41,3 +41,20 @@ def test_dates_and_ip_and_phone():
         assert not v.date(bad), bad
     assert v.ipv4("10.20.30.40") and not v.ipv4("300.1.1.1") and not v.ipv4("127.0.0.1")
     assert v.phone("(617) 253-1000") and not v.phone("123-456-7890")
+
+
+def test_licence_number_and_ip_address():
+    assert v.licence_number("Driver's License: WA WDLZ6NSYHJ82")
+    assert v.licence_number("DL No. S12345678") and not v.licence_number("DL: AB1")
+    assert v.ip_address("198.51.100.7") and v.ip_address("2001:db8:1:2::7")
+    assert not v.ip_address("::1") and not v.ip_address("2001:db8::zz")
+
+
+def test_validators_that_need_word_lists_or_context():
+    from gateway.rules import builtin as b
+
+    assert b.zip_code("MA 02139") and b.zip_code("Zip: 02139") and not b.zip_code("PO 12345")
+    assert b._lab_value("", "HbA1c", " 9.1%") and b._lab_value("", "INR", ": 5.0")
+    assert not b._lab_value("", "HbA1c", " > 9% in 142 patients")
+    assert not b._lab_value("", "weight", " loss")
+    assert b._icd10_in_text("Dx: ", "E11.9", "") and not b._icd10_in_text("2897-60790-", "T88", "")
