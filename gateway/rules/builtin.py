@@ -318,7 +318,7 @@ def _addressee(before: str, text: str, after: str) -> bool:
 _DATE_AFTER_NAME = re.compile(
     r"[ \t]*(?:\(|[-\u2013,]|[ \t])[ \t]*(?=\d|(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
     r"[a-z]*\.?[ \t]+\d)", re.I)
-_ID_AFTER_NAME = re.compile(r"[ \t]*\([ \t]*#?[ \t]*[A-Z]{0,3}\d")
+_ID_AFTER_NAME = re.compile(r"[ \t]*\([ \t]*#?[ \t]*(?=[A-Z]{0,3}\d)")
 
 
 def _name_then(rx: re.Pattern[str], value_ok: Callable[[str], bool]) -> Callable[
@@ -337,8 +337,9 @@ def _birth_date(text: str) -> bool:
 
 
 def _record_number(text: str) -> bool:
+    """Six to twelve digits that are not a date ('Jane Roe (1987-02-14)' is a birth date)."""
     digits = sum(c.isdigit() for c in text)
-    return 6 <= digits <= 12
+    return 6 <= digits <= 12 and not date(text)
 
 
 _LAB_VALUE = re.compile(

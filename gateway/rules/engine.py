@@ -13,19 +13,28 @@ in the label cell of its row (``column_context``): a date under a "DOB" column i
 however far the header is. A name under a "Patient" column is a labelled patient
 (``patient_columns``).
 
-Names of the message's correspondents (the sender, and clinicians among the recipients, from
-the address headers) are not patients: a name mention that is one of them is dropped.
+The same text twice (a text/plain body and its HTML alternative) is scanned once. The display
+names of the address headers are not scanned: a name mention that is the sender's, or a
+clinician recipient's, is dropped (correspondents and clinicians are not patients).
 
-Decision (per message, ``decide``): PHI when a strong identifier appears (SSN, MBI, MRN, a
-labelled DOB, a DOB beside a name, member or Medicaid ID); when a name in patient context
-(labelled, or in a patient column) appears with anything else about that person; when a
-mentioned name appears near health information (weighing at least a diagnosis: a drug name
-alone could be a product) or near a non-contact identifier; when a
-message addressed to a named person speaks of "your" condition, drug or result; or when health
-information appears beside an identifier in patient context. Contact details (phone, e-mail,
-street address) identify a person but say nothing about health: with a name alone they are a
-business card, not PHI. Provider identifiers (NPI, DEA) add to the score only next to patient
-content. Matched text never leaves this module except masked, for ``--explain``.
+Decision (per message, ``decide``), one reason per rule:
+
+- ``strong_identifier``: an SSN, MBI, MRN, member or Medicaid ID, a labelled DOB or a date of
+  birth right after a name;
+- ``patient_with_details``: a labelled patient (after "Patient:", under a Patient column) with
+  anything else: health information, an identifier, a phone number, another patient;
+- ``person_with_health_or_identifier``: a name mentioned near health information (weighing at
+  least ``HEALTH_WEIGHT``: a drug name alone could be a product) or near a non-contact
+  identifier (an account, a card, a record link);
+- ``addressee_with_own_health``: a message to a named person ("Dear Mr. Roe") that speaks of
+  "your" condition, drug or result, unless it is bulk mail (an unsubscribe footer);
+- ``health_with_identifier_in_patient_context``: health information beside an identifier and
+  patient words.
+
+Contact details (phone, e-mail, street address) identify a person but say nothing about
+health: with a name alone they are a business card, not PHI. Provider identifiers (NPI, DEA)
+add to the score only next to patient content. Matched text never leaves this module except
+masked, for ``--explain``.
 """
 
 from __future__ import annotations
@@ -240,6 +249,7 @@ def normalise_label(text: str) -> str:
 
 
 _DIGIT = re.compile(rb"\d")
+_MAX_ROW = 8192  # longer lines are not table rows (and searching back through them is slow)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -282,6 +292,25 @@ def _header_like(line: bytes, starts: list[int]) -> bool:
     return all(0 < len(line[a:b].strip()) <= 40 for a, b in zip(starts, ends, strict=True))
 
 
+class _Present:
+    """Does any of a few words occur in the text at all (case-insensitive substring search,
+    answered once per word list and message)? Spares table lookups for texts without the
+    tables a detector looks for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._low: bytes | None = None
+        self._answers: dict[frozenset[bytes], bool] = {}
+
+    def any_of(self, words: frozenset[bytes]) -> bool:
+        got = self._answers.get(words)
+        if got is None:
+            if self._low is None:
+                self._low = self.data.lower()
+            got = self._answers[words] = any(w in self._low for w in words)
+        return got
+
+
 class _Tables:
     """Column headers and row labels of the delimited tables in one scanned text, computed
     lazily (only for candidates that need table context) and memoised per line."""
@@ -312,7 +341,9 @@ class _Tables:
         for _ in range(3):
             if pos <= 0:
                 return None
-            start = self.data.rfind(b"\n", 0, pos) + 1
+            start = self.data.rfind(b"\n", max(0, pos - _MAX_ROW), pos) + 1
+            if start == 0 and pos > _MAX_ROW:
+                return None
             if self.data[start:pos].strip(b"\r \t"):
                 return start
             if b"\x00" in self.data[start:pos]:
@@ -348,7 +379,9 @@ class _Tables:
         return got
 
     def _labels_at(self, pos: int) -> tuple[str, ...]:
-        ls = self.data.rfind(b"\n", 0, pos) + 1
+        ls = self.data.rfind(b"\n", max(0, pos - _MAX_ROW), pos) + 1
+        if ls == 0 and pos > _MAX_ROW:
+            return ()  # a line this long is not a table row
         _, line, cells = self._line(ls)
         if cells is None:
             return ()
@@ -489,6 +522,9 @@ class Engine:
             self._column_words.append(tuple(normalise_label(w) for w in spec.column_context))
             self._patient_columns.append(
                 tuple(normalise_label(w) for w in spec.patient_columns))
+        # the first word of each column word: if none is in the text, no table label can match
+        self._column_first = [frozenset(w.split()[0].lower().encode() for w in spec.column_context
+                                        if w.split()) for spec in self.specs]
         self._plans = [
             (spec, spec.category in _NAMEISH or spec.type == ADDRESSEE,
              frozenset(self._context_ids[i]),
@@ -538,14 +574,19 @@ class Engine:
     def analyse(self, chunks: Sequence[Chunk]) -> Analysis:
         # The same text twice (a text/plain body and its text/html alternative, a file
         # attached twice) is scanned once, where it first appears.
+        # Display names in the address headers are not scanned: they are the correspondents,
+        # used only to recognise the sender's and clinicians' names in the text.
+        headers = [c for c in chunks if c.kind == "header"]
         seen: set[str] = set()
         unique: list[Chunk] = []
         for c in chunks:
             key = " ".join(c.text.split())
-            if c.kind == "header" or key not in seen:
+            if c.kind != "header" and key not in seen:
                 seen.add(key)
                 unique.append(c)
         chunks = unique
+        if not chunks:
+            return decide([])
         # One text for all chunks; separators keep matches and context inside one chunk.
         parts: list[bytes] = []
         starts: list[int] = []
@@ -573,21 +614,20 @@ class Engine:
         correspondents: list[frozenset[str]] | None = None
         hits: list[Hit] = []
         checked: dict[tuple[str, int, int], bool] = {}
+        present = _Present(data)
         plans = self._plans
         n = len(data)
         for spec_i, start, ends in candidates:
             (spec, nameish, ctx_ids, col_words, excl_ids, validator, patient_cols,
              is_name) = plans[spec_i]
-            if nameish and chunks and chunks[bisect.bisect_right(starts, start) - 1].kind == (
-                    "header"):
-                continue  # display names of correspondents are not patients
             longest = max(ends) if len(ends) > 1 else ends[0]
             # cheap checks first: context words near (the window is measured from the longest
             # end, which can only make it wider), excluded words; then validation (memoised:
             # several detectors validate the same span); table labels last
             window_ok = bool(ctx_ids) and _near(ctx_ids, start - spec.window,
                                                 longest + spec.window, context_pos)
-            if spec.context_required and not window_ok and not col_words:
+            if spec.context_required and not window_ok and (
+                    not col_words or not present.any_of(self._column_first[spec_i])):
                 continue
             if excl_ids and _near(excl_ids, start - spec.exclude_window, start - 1,
                                   context_pos):
@@ -627,7 +667,7 @@ class Engine:
                 hit = hit._replace(category=PERSON)
             elif is_name:
                 if correspondents is None:
-                    correspondents = _correspondents(chunks)
+                    correspondents = _correspondents(headers)
                 if correspondents:
                     toks = name_tokens(hit.value)
                     if any(len(toks & c) >= min(2, len(toks)) for c in correspondents):
@@ -709,16 +749,73 @@ _PLACE = operator.itemgetter(3, 4)  # (where, start)
 _WIDE = ("subject", "filename")  # a name or a condition there is about the whole message
 
 
-def _close(a: Hit, b: Hit, window: int = NEAR) -> bool:
-    if a.kind in _WIDE or b.kind in _WIDE:
-        return True
-    return a.where == b.where and abs(a.start - b.start) <= window
+class _Nearby:
+    """Hits of one kind indexed by place, to ask how much of them lies near another hit in
+    O(log n) (messages can hold thousands of names and conditions)."""
+
+    def __init__(self, hits: Sequence[Hit]) -> None:
+        self.wide = 0.0  # weight of hits in the subject or a file name: near everything
+        self.total = 0.0
+        places: dict[str, list[Hit]] = {}
+        for h in hits:
+            self.total += h.score
+            if h.kind in _WIDE:
+                self.wide += h.score
+            else:
+                places.setdefault(h.where, []).append(h)
+        self.starts: dict[str, list[int]] = {}
+        self.sums: dict[str, list[float]] = {}
+        for where, hs in places.items():
+            hs.sort(key=_START)
+            self.starts[where] = [h.start for h in hs]
+            acc = [0.0]
+            for h in hs:
+                acc.append(acc[-1] + h.score)
+            self.sums[where] = acc
+        self.any = bool(hits)
+
+    def weight(self, h: Hit, window: int = NEAR) -> float:
+        """Total score of the indexed hits near ``h`` (all of them when ``h`` is wide)."""
+        if h.kind in _WIDE:
+            return self.total
+        starts = self.starts.get(h.where)
+        near = self.wide
+        if starts:
+            lo = bisect.bisect_left(starts, h.start - window)
+            hi = bisect.bisect_right(starts, h.start + window)
+            sums = self.sums[h.where]
+            near += sums[hi] - sums[lo]
+        return near
+
+    def has(self, h: Hit, window: int = NEAR) -> bool:
+        if not self.any:
+            return False
+        if h.kind in _WIDE or self.wide:
+            return True
+        starts = self.starts.get(h.where)
+        if not starts:
+            return False
+        k = bisect.bisect_left(starts, h.start - window)
+        return k < len(starts) and starts[k] <= h.start + window
 
 
-def _addressed(c: Hit, second: Sequence[Hit]) -> bool:
-    """Is clinical hit ``c`` preceded closely by "your"?"""
-    return any(s.where == c.where and 0 <= c.start - s.end <= SECOND_PERSON_WINDOW
-               for s in second)
+_START = operator.attrgetter("start")
+
+
+def _addressed(clinical: Sequence[Hit], second: Sequence[Hit]) -> bool:
+    """Is a clinical hit preceded closely by "your" (ends within SECOND_PERSON_WINDOW)?"""
+    ends: dict[str, list[int]] = {}
+    for s in second:
+        ends.setdefault(s.where, []).append(s.end)
+    for positions in ends.values():
+        positions.sort()
+    for c in clinical:
+        near = ends.get(c.where)
+        if near:
+            k = bisect.bisect_left(near, c.start - SECOND_PERSON_WINDOW)
+            if k < len(near) and near[k] <= c.start:
+                return True
+    return False
 
 
 def decide(hits: Sequence[Hit]) -> Analysis:
@@ -741,10 +838,11 @@ def decide(hits: Sequence[Hit]) -> Analysis:
     if patients and (clinical or identifiers or contacts or strong or len(patients) > 1
                      or names):
         reasons.append("patient_with_details")
-    if any(_close(n, x) for n in names for x in identifiers) or any(
-            sum(c.score for c in clinical if _close(n, c)) >= HEALTH_WEIGHT for n in names):
-        reasons.append("person_with_health_or_identifier")
-    if addressees and not bulk and any(_addressed(c, second) for c in clinical):
+    if names:
+        near_ids, near_health = _Nearby(identifiers), _Nearby(clinical)
+        if any(near_ids.has(n) or near_health.weight(n) >= HEALTH_WEIGHT for n in names):
+            reasons.append("person_with_health_or_identifier")
+    if addressees and not bulk and _addressed(clinical, second):
         reasons.append("addressee_with_own_health")
     if clinical and identifiers and (context or patients or names):
         reasons.append("health_with_identifier_in_patient_context")
