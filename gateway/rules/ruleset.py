@@ -279,19 +279,29 @@ def load_ruleset(rules_dir: Path,
     return RuleSet(list(detectors.values()), policies, files, wl)
 
 
+def _entry_id(entry: Any, path: str, kind: str, keys: set[str], at: Callable[[str], str],
+              probs: _Problems) -> str | None:
+    """The id of a detector or policy entry, after reporting a non-mapping, unknown keys and
+    a missing id (None when the entry cannot be used)."""
+    if not isinstance(entry, dict):
+        probs.add(at(path), f"{path}: expected a mapping")
+        return None
+    for k in entry:
+        if k not in keys:
+            probs.add(at(f"{path}.{k}"), f"{path}: unknown key '{k}' "
+                      f"(expected one of: {', '.join(sorted(keys))})")
+    eid = entry.get("id")
+    if not isinstance(eid, str) or not eid:
+        probs.add(at(path), f"{path}: every {kind} needs an 'id'")
+        return None
+    return eid
+
+
 def _detector(d: Any, path: str, at: Callable[[str], str], probs: _Problems,
               wordlists: Mapping[str, Callable[[], Sequence[str]]]) -> DetectorSpec | None:
     where = at(path)
-    if not isinstance(d, dict):
-        probs.add(where, f"{path}: expected a mapping")
-        return None
-    for k in d:
-        if k not in DETECTOR_KEYS:
-            probs.add(at(f"{path}.{k}"), f"{path}: unknown key '{k}' "
-                      f"(expected one of: {', '.join(sorted(DETECTOR_KEYS))})")
-    did = d.get("id")
-    if not isinstance(did, str) or not did:
-        probs.add(where, f"{path}: every detector needs an 'id'")
+    did = _entry_id(d, path, "detector", DETECTOR_KEYS, at, probs)
+    if did is None:
         return None
     category = d.get("category", "identifier")
     if category not in CATEGORIES:
@@ -346,16 +356,8 @@ def _detector(d: Any, path: str, at: Callable[[str], str], probs: _Problems,
 
 def _policy(p: Any, path: str, at: Callable[[str], str], probs: _Problems) -> Policy | None:
     where = at(path)
-    if not isinstance(p, dict):
-        probs.add(where, f"{path}: expected a mapping")
-        return None
-    for k in p:
-        if k not in POLICY_KEYS:
-            probs.add(at(f"{path}.{k}"), f"{path}: unknown key '{k}' "
-                      f"(expected one of: {', '.join(sorted(POLICY_KEYS))})")
-    pid = p.get("id")
-    if not isinstance(pid, str) or not pid:
-        probs.add(where, f"{path}: every policy needs an 'id'")
+    pid = _entry_id(p, path, "policy", POLICY_KEYS, at, probs)
+    if pid is None:
         return None
     action = p.get("action")
     if action not in ACTIONS:
