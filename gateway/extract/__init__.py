@@ -11,11 +11,12 @@ out), never raises, and bounds its work by ``ExtractLimits``.
 from __future__ import annotations
 
 from .message import extract, extract_message
-from .model import KINDS, REASONS, Extracted, ExtractLimits, TextChunk, Unscannable
+from .model import KINDS, REASON_TEXT, REASONS, Extracted, ExtractLimits, TextChunk, Unscannable
 
 __all__ = [
     "KINDS",
     "REASONS",
+    "REASON_TEXT",
     "ExtractLimits",
     "Extracted",
     "TextChunk",

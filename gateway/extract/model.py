@@ -14,7 +14,22 @@ REASONS = (
     "timeout",
     "unsupported_charset",
     "bad_encoding",
+    "no_text_layer",
+    "unsupported",
 )
+# What each reason means, for people (explanations, replies); never names the content.
+REASON_TEXT = {
+    "encrypted": "encrypted or password-protected",
+    "corrupt": "damaged or not the format it claims",
+    "too_large": "over a size limit",
+    "too_deep": "nested too deeply",
+    "too_many_parts": "too many parts",
+    "timeout": "took too long to read",
+    "unsupported_charset": "text in an unknown character set",
+    "bad_encoding": "undecodable transfer encoding",
+    "no_text_layer": "pdf has no text layer (scanned image)",
+    "unsupported": "a file format that cannot be read",
+}
 
 
 @dataclass(frozen=True)

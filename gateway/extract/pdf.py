@@ -1,6 +1,11 @@
 """PDF text with PDFium (pypdfium2): page text, filled-in form fields, annotations, metadata and
 embedded files.
 
+A page that yields (almost) no text but is mostly covered by images is a scan or a fax (a
+faxed referral is the classic PHI attachment): nothing can be read from it without OCR, so the
+document is recorded as unscannable ("no_text_layer"). Images are looked at only on such pages,
+so an ordinary text PDF costs nothing more; a blank or short text-only PDF is not flagged.
+
 PDFium is Chrome's PDF engine: tolerant of damaged files, and several times faster than pypdf
 and two orders of magnitude faster than pdfminer.six on text extraction. It is not thread-safe,
 so every call into it holds one process-wide lock (the gateway scans in worker processes, so the
@@ -24,6 +29,13 @@ from .detect import guess_type
 
 _PDFIUM = threading.RLock()
 _META = ("Title", "Subject", "Keywords")
+# A page is a scan when it has fewer than this many non-blank characters of text ...
+SCAN_MAX_CHARS = 32
+# ... and images cover at least this share of it (a signature or a logo covers 1-3 %; a photo
+# of an insurance card on a letter page about 8 %; a faxed page all of it).
+SCAN_MIN_COVER = 0.05
+_BLANKS = (" ", "\t", "\r", "\n", "\x0c", "\xa0")
+_MAX_OBJECTS = 5000  # page objects looked at on one such page (a vector drawing can have more)
 
 
 def _wide(fn: Any, *args: Any) -> str:
@@ -34,6 +46,57 @@ def _wide(fn: Any, *args: Any) -> str:
     buf = (pdfium_c.FPDF_WCHAR * (size // 2))()
     fn(*args, buf, size)
     return bytes(buf).decode("utf-16-le", "replace").rstrip("\x00")
+
+
+def _image_cover(page: Any) -> float:
+    """Share of the page's area covered by image objects (directly on the page or inside a Form
+    XObject, whose whole bounds then count), overlaps counted twice, capped at 1."""
+    raw = page.raw
+    left, bottom, right, top = (ctypes.c_float() for _ in range(4))
+    box = [ctypes.byref(v) for v in (left, bottom, right, top)]
+    width, height = page.get_size()
+    page_area = float(width) * float(height)
+    if page_area <= 0:
+        return 0.0
+    covered = 0.0
+    count = min(int(pdfium_c.FPDFPage_CountObjects(raw)), _MAX_OBJECTS)
+    for i in range(count):
+        obj = pdfium_c.FPDFPage_GetObject(raw, i)
+        if not obj:
+            continue
+        kind = pdfium_c.FPDFPageObj_GetType(obj)
+        if kind == pdfium_c.FPDF_PAGEOBJ_FORM:
+            if not _form_has_image(obj, 3):
+                continue
+        elif kind != pdfium_c.FPDF_PAGEOBJ_IMAGE:
+            continue
+        if not pdfium_c.FPDFPageObj_GetBounds(obj, *box):
+            continue
+        w = min(right.value, width) - max(left.value, 0.0)
+        h = min(top.value, height) - max(bottom.value, 0.0)
+        if w > 0 and h > 0:
+            covered += w * h
+    return min(1.0, covered / page_area)
+
+
+def _form_has_image(form: Any, depth: int) -> bool:
+    count = min(int(pdfium_c.FPDFFormObj_CountObjects(form)), _MAX_OBJECTS)
+    for i in range(count):
+        obj = pdfium_c.FPDFFormObj_GetObject(form, i)
+        if not obj:
+            continue
+        kind = pdfium_c.FPDFPageObj_GetType(obj)
+        if kind == pdfium_c.FPDF_PAGEOBJ_IMAGE:
+            return True
+        if kind == pdfium_c.FPDF_PAGEOBJ_FORM and depth > 1 and _form_has_image(obj, depth - 1):
+            return True
+    return False
+
+
+def _is_scanned(page: Any, text: str, notes: list[str]) -> bool:
+    """True for a page with (almost) no text whose area is largely images."""
+    chars = sum(len(t) - sum(t.count(c) for c in _BLANKS) for t in (text, *notes))
+    return chars < SCAN_MAX_CHARS and _image_cover(page) >= SCAN_MIN_COVER
 
 
 def _annotations(page: Any, form: Any) -> list[str]:
@@ -136,6 +199,7 @@ def _read_document(
     texts.extend(str(meta[k]) for k in _META if k in meta)
     form = doc.formenv.raw if doc.init_forms() else None
     size = 0
+    scanned = False
     for i in range(len(doc)):
         if budget.expired():
             return
@@ -146,8 +210,12 @@ def _read_document(
                 text = str(textpage.get_text_range())
             finally:
                 textpage.close()
+            notes = _annotations(page, form)
             texts.append(text)
-            texts.extend(_annotations(page, form))
+            texts.extend(notes)
+            if not scanned and _is_scanned(page, text, notes):
+                scanned = True
+                budget.fail(where, "no_text_layer")
         finally:
             page.close()
         size += len(text)

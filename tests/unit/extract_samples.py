@@ -138,6 +138,79 @@ def pdf_bytes(pages: int = 5, password: str | None = None, note: bool = False) -
     return bytes(pdf.output())
 
 
+def _scan_image(width: int = 850, height: int = 1100) -> bytes:
+    """A grey "faxed page": noise and dark bars where lines of text were (no text layer)."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (width, height), 235)
+    draw = ImageDraw.Draw(img)
+    rng = random.Random(7)
+    for y in range(80, height - 80, 28):
+        x = 60
+        while x < width - 120:
+            w = rng.randint(20, 90)
+            draw.rectangle((x, y, x + w, y + 12), fill=rng.randint(20, 80))
+            x += w + rng.randint(8, 18)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def scanned_pdf_bytes(pages: int = 2, text_pages: Sequence[int] = (), header: str = "",
+                      image_size: tuple[float, float] | None = None) -> bytes:
+    """A PDF like a scanner or fax server writes: every page one full-page image.
+
+    Pages listed in ``text_pages`` are a typed cover sheet instead; ``header`` puts a short
+    text line (a fax header) on the image pages; ``image_size`` (mm) shrinks the images."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=10)
+    image = io.BytesIO(_scan_image())
+    for p in range(pages):
+        pdf.add_page()
+        if p in text_pages:
+            for i in range(20):
+                pdf.cell(0, 5, f"Fax cover sheet line {i}: pages follow", new_x="LMARGIN",
+                         new_y="NEXT")
+            continue
+        w, h = image_size or (pdf.epw, pdf.eph)
+        pdf.image(image, x=pdf.l_margin, y=pdf.t_margin, w=w, h=h)
+        if header:
+            pdf.text(10, 8, header)
+    return bytes(pdf.output())
+
+
+def blank_pdf_bytes(pages: int = 1, text: str = "") -> bytes:
+    """Blank pages, or one short line of text on each: no images."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=10)
+    for _ in range(pages):
+        pdf.add_page()
+        if text:
+            pdf.cell(0, 5, text)
+    return bytes(pdf.output())
+
+
+def logo_pdf_bytes() -> bytes:
+    """A short letter page with a small logo and a signature image: not a scan."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=10)
+    pdf.add_page()
+    logo = io.BytesIO(_scan_image(120, 60))
+    pdf.image(logo, x=10, y=10, w=30, h=15)
+    pdf.set_y(40)
+    pdf.cell(0, 5, "Thanks, see you soon.")
+    pdf.image(io.BytesIO(_scan_image(200, 60)), x=10, y=60, w=50, h=15)
+    return bytes(pdf.output())
+
+
 # ---- archives ----------------------------------------------------------------------------------
 
 

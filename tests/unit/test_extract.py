@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.extract import (
+    REASON_TEXT,
     Extracted,
     ExtractLimits,
     TextChunk,
@@ -522,3 +523,36 @@ def test_cpython_malformed_mime_corpus() -> None:
         r = extract(path.read_bytes())
         assert isinstance(r, Extracted), path.name
         assert all(isinstance(c, TextChunk) and c.text for c in r.chunks)
+
+
+# ---- scanned PDFs (no text layer) --------------------------------------------------------------
+
+
+def test_scanned_pdf_without_text_is_unscannable() -> None:
+    r = with_attachment(S.scanned_pdf_bytes(pages=2), "application/pdf", "referral.pdf")
+    assert reasons(r) == {(PDF_WHERE, "no_text_layer")}
+    assert REASON_TEXT["no_text_layer"] == "pdf has no text layer (scanned image)"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        S.scanned_pdf_bytes(pages=3, text_pages=(0,)),  # a typed fax cover sheet, then scans
+        S.scanned_pdf_bytes(pages=1, header="From 555 0100 p.1"),  # a fax header line
+        S.scanned_pdf_bytes(pages=1, image_size=(86.0, 54.0)),  # a photographed insurance card
+    ],
+    ids=["cover-sheet", "fax-header", "card-photo"],
+)
+def test_scanned_pages_are_found_beside_some_text(data: bytes) -> None:
+    r = with_attachment(data, "application/pdf", "fax.pdf")
+    assert (PDF_WHERE, "no_text_layer") in reasons(r)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [S.blank_pdf_bytes(), S.blank_pdf_bytes(pages=3, text="ok"), S.logo_pdf_bytes(),
+     S.pdf_bytes(pages=1)],
+    ids=["blank", "short-text", "logo-and-signature", "text"],
+)
+def test_blank_short_or_text_pdfs_are_not_scans(data: bytes) -> None:
+    assert with_attachment(data, "application/pdf", "note.pdf").unscannable == ()
