@@ -122,6 +122,7 @@ class RulesConfig:
     enabled: bool
     scan_timeout: float
     processes: int  # scanner processes per gateway worker; 0 = cores / workers
+    worker_memory_mb: int = 0  # address-space limit of each scanner process; 0 = none
 
 
 @dataclass(frozen=True)
@@ -543,13 +544,15 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         listen=chk.get(metrics_d, "metrics", "listen", _opt_hostport, _hp("127.0.0.1", 9325))
     )
     rules_d = chk.section(top.get("rules"), "rules",
-                          ["dir", "cache_dir", "enabled", "scan_timeout", "processes"])
+                          ["dir", "cache_dir", "enabled", "scan_timeout", "processes",
+                           "worker_memory_mb"])
     rules = RulesConfig(
         dir=chk.get(rules_d, "rules", "dir", conf_path, base / "rules"),
         cache_dir=chk.get(rules_d, "rules", "cache_dir", var_path, var / "cache"),
         enabled=chk.get(rules_d, "rules", "enabled", _bool, True),
         scan_timeout=chk.get(rules_d, "rules", "scan_timeout", _duration, 60.0),
         processes=chk.get(rules_d, "rules", "processes", _nonneg_int, 0),
+        worker_memory_mb=chk.get(rules_d, "rules", "worker_memory_mb", _nonneg_int, 0),
     )
     cfg = Config(
         source=source,
