@@ -8,6 +8,9 @@ namespace)::
 
     def test_something(pg_dsn: str) -> None: ...   # a fresh, empty database per test
 
+(or once in ``tests/conftest.py``, which makes them available to every test). Several modules
+importing them share one cluster per session.
+
 ``pg_server`` (session scope) gives the server itself: ``new_database()``, ``drop_database()``,
 ``admin_dsn``; ``PgCluster`` can also be used directly (``with PgCluster() as c:``) for a test
 that must stop and restart a server of its own (``c.stop()``, ``c.start()``).
@@ -26,6 +29,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -160,6 +164,34 @@ class PgServer:
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+_shared: PgCluster | None = None
+_shared_users = 0
+_shared_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _shared_cluster() -> Iterator[PgCluster]:
+    """One cluster per test session even when several test modules import ``pg_server``
+    (pytest then holds one session fixture per module): the first user starts it, the
+    last one to finish stops it."""
+    global _shared, _shared_users
+    with _shared_lock:
+        if _shared is None:
+            cluster = PgCluster()
+            cluster.__enter__()
+            _shared = cluster
+        _shared_users += 1
+        cluster = _shared
+    try:
+        yield cluster
+    finally:
+        with _shared_lock:
+            _shared_users -= 1
+            if _shared_users == 0:
+                _shared = None
+                cluster.destroy()
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     pytest.importorskip("psycopg", reason="psycopg not installed (pip install 'psycopg[binary]')")
@@ -169,7 +201,7 @@ def pg_server() -> Iterator[PgServer]:
         return
     if pg_bindir() is None:
         pytest.skip(SKIP_REASON)
-    with PgCluster() as cluster:
+    with _shared_cluster() as cluster:
         yield PgServer(cluster.admin_dsn, cluster)
 
 
