@@ -126,6 +126,23 @@ class RulesConfig:
 
 
 @dataclass(frozen=True)
+class DkimKeys:
+    """Keys an admin keeps outside phigate's own store (``dkim.domains.DOMAIN``)."""
+
+    selector: str
+    key: Path
+    ed25519_selector: str | None
+    ed25519_key: Path | None
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    selector: str  # selector of the key generated on first start
+    rotate_grace: float  # how long a replaced selector stays published
+    domains: Mapping[str, DkimKeys]  # explicitly configured keys; others live in paths.var
+
+
+@dataclass(frozen=True)
 class Paths:
     var: Path
 
@@ -153,6 +170,8 @@ class Config:
     paths: Paths
     workers: int
     rules: RulesConfig
+    dkim: DkimConfig = DkimConfig("phigate", 7 * 86400.0, {})
+    outbound_addresses: tuple[str, ...] = ()  # as receivers see them; `dns check` tests SPF
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -417,7 +436,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         [
             "hostname", "organisation", "domains", "trusted_networks", "listen", "smtp", "auth",
             "delivery", "dns", "tls", "log", "portal", "metrics", "paths", "workers",
-            "rules", "dkim", "ratelimit", "audit",
+            "rules", "dkim", "ratelimit", "audit", "outbound_addresses",
         ],
     )
     paths_d = chk.section(top.get("paths"), "paths", ["var"])
@@ -554,6 +573,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         processes=chk.get(rules_d, "rules", "processes", _nonneg_int, 0),
         worker_memory_mb=chk.get(rules_d, "rules", "worker_memory_mb", _nonneg_int, 0),
     )
+    dkim = _dkim(top.get("dkim"), chk, conf_path)
     cfg = Config(
         source=source,
         hostname=chk.get(top, "", "hostname", _domain, _default_hostname()),
@@ -575,9 +595,56 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         paths=paths,
         workers=chk.get(top, "", "workers", _workers, 1),
         rules=rules,
+        dkim=dkim,
+        outbound_addresses=chk.get(top, "", "outbound_addresses", _list(_ip_text), ()),
         raw=top,
     )
+    for name in dkim.domains:
+        if not cfg.is_own_domain(name):
+            chk.fail(f"dkim.domains.{name}", f"'{name}' is not one of domains (or a subdomain)")
     return None if chk.problems else cfg
+
+
+def _selector(value: Any) -> str:
+    text = _string(value).lower()
+    if not all(lab and len(lab) <= 63 and lab.replace("-", "").replace("_", "").isalnum()
+               and lab.isascii() for lab in text.split(".")):
+        raise ValueError(f"'{value}' is not a DKIM selector (letters, digits, - and _)")
+    return text
+
+
+def _dkim(data: Any, chk: _Checker, conf_path: Callable[[Any], Path]) -> DkimConfig:
+    dkim_d = chk.section(data, "dkim", ["selector", "rotate_grace", "domains"])
+    domains: dict[str, DkimKeys] = {}
+    raw_domains = dkim_d.get("domains") or {}
+    if not isinstance(raw_domains, dict):
+        chk.fail("dkim.domains", "expected a map of DOMAIN: {selector, key}")
+        raw_domains = {}
+    for dom, entry in raw_domains.items():
+        path = f"dkim.domains.{dom}"
+        d = chk.section(entry, path, ["selector", "key", "ed25519_selector", "ed25519_key"])
+        selector = chk.get(d, path, "selector", _selector, "")
+        key = chk.get(d, path, "key", conf_path, None)
+        ed_sel = chk.get(d, path, "ed25519_selector", _selector, None)
+        ed_key = chk.get(d, path, "ed25519_key", conf_path, None)
+        if not selector or key is None:
+            chk.fail(path, "needs both selector and key (the private key file)")
+        if (ed_sel is None) != (ed_key is None):
+            chk.fail(path, "set both ed25519_selector and ed25519_key, or neither")
+        if ed_sel is not None and ed_sel == selector:
+            chk.fail(f"{path}.ed25519_selector", "must differ from the RSA selector")
+        try:
+            name = _domain(str(dom))
+        except ValueError as exc:
+            chk.fail(path, str(exc))
+            continue
+        if key is not None:
+            domains[name] = DkimKeys(selector, key, ed_sel, ed_key)
+    return DkimConfig(
+        selector=chk.get(dkim_d, "dkim", "selector", _selector, "phigate"),
+        rotate_grace=chk.get(dkim_d, "dkim", "rotate_grace", _duration, 7 * 86400.0),
+        domains=domains,
+    )
 
 
 def _nonneg_int(value: Any) -> int:
