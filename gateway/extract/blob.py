@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .archive import filename_text, filename_where, gunzip, open_zip, walk_tar, walk_zip
 from .budget import Blob, Budget
-from .detect import choose, guess_type, ole_is_encrypted_ooxml
+from .detect import choose, guess_type
+from .ole import read_ole
 from .ooxml import kind_of, read_office
 from .pdf import read_pdf
 from .text import decode_text, html_to_text, ics_to_text, rtf_to_text
@@ -80,8 +81,7 @@ def _read(budget: Budget, blob: Blob, fmt: str, where: str) -> None:
 
         walk_bytes(budget, blob.data, f"{blob.base}/", blob.depth)
     elif fmt == "ole":
-        if ole_is_encrypted_ooxml(blob.data):
-            budget.fail(where, "encrypted")
+        read_ole(budget, blob, where, handle)
     elif fmt.startswith("bad:"):
         budget.fail(where, "corrupt")
     # "binary": images and the like carry no text; their type is recorded above

@@ -10,7 +10,8 @@ from __future__ import annotations
 from .text import looks_like_text
 
 # Formats: text html ics rtf pdf zip gzip tar tnef rfc822 ole binary; plus "bad:<fmt>" for a
-# file declared as <fmt> whose bytes do not match.
+# file declared as <fmt> whose bytes do not match. "ole": legacy Office files and Outlook items;
+# one declared so whose bytes are text (a CSV or HTML "xls") is read as text.
 
 _EXT_TYPES = {
     "txt": "text/plain", "text": "text/plain", "log": "text/plain", "md": "text/markdown",
@@ -31,6 +32,8 @@ _EXT_TYPES = {
     "odp": "application/vnd.oasis.opendocument.presentation",
     "doc": "application/msword", "xls": "application/vnd.ms-excel",
     "ppt": "application/vnd.ms-powerpoint", "msg": "application/vnd.ms-outlook",
+    "dot": "application/msword", "xlt": "application/vnd.ms-excel",
+    "pps": "application/vnd.ms-powerpoint", "pot": "application/vnd.ms-powerpoint",
     "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
     "tif": "image/tiff", "tiff": "image/tiff", "bmp": "image/bmp", "svg": "image/svg+xml",
     "dcm": "application/dicom", "exe": "application/x-msdownload",
@@ -55,6 +58,11 @@ _DECLARED = {
     "text/html": "html", "application/xhtml+xml": "html", "image/svg+xml": "html",
     "text/calendar": "ics", "text/vcard": "ics", "text/x-vcard": "ics",
     "text/directory": "ics", "application/ics": "ics", "application/x-vcard": "ics",
+    "application/msword": "ole", "application/vnd.ms-word": "ole",
+    "application/vnd.ms-excel": "ole", "application/msexcel": "ole",
+    "application/x-msexcel": "ole", "application/vnd.ms-powerpoint": "ole",
+    "application/mspowerpoint": "ole", "application/vnd.ms-outlook": "ole",
+    "application/x-ole-storage": "ole", "application/cdfv2": "ole",
 }  # fmt: skip
 _ZIP_EXTS = frozenset({"zip", "docx", "docm", "xlsx", "xlsm", "pptx", "pptm", "odt", "ods", "odp"})
 _OOXML_PREFIX = (
@@ -133,6 +141,8 @@ def choose(data: bytes, ctype: str, filename: str) -> str:
         if magic == "pdf" and declared in ("text", "html") and not data.startswith(b"%PDF"):
             return declared  # a text that mentions "%PDF-"
         return magic
+    if declared == "ole":  # Excel "exports" are often CSV or HTML named .xls
+        return "text" if looks_like_text(data) else "bad:ole"
     if declared in ("pdf", "zip", "gzip", "tnef"):
         return "bad:" + declared
     if declared is not None:
