@@ -240,12 +240,17 @@ def _props(prefix: str, values: Mapping[int, str | bytes]) -> dict[str, bytes]:
 
 
 def msg_bytes(attachment: bytes = b"name,dob\nJane Testperson,01/02/1960\n",
-              nested: bool = True, html_only: bool = False) -> bytes:
+              nested: bool = True, html_only: bool = False, rtf_only: bool = False) -> bytes:
     """An Outlook item: subject, names, a body, a CSV attachment and an attached item."""
     streams: dict[str, bytes] = {"__properties_version1.0": bytes(32)}
-    body: dict[int, str | bytes] = (
-        {0x1013: b"<html><body><p>Patient: Jane Testperson</p><p>MRN 12345678</p></body></html>"}
-        if html_only else {0x1000: "Referral for Patient: Jane Testperson, DOB 01/02/1960"})
+    body: dict[int, str | bytes] = {0x1000: "Referral for Patient: Jane Testperson, DOB 01/02/1960"}
+    if html_only:
+        body = {0x1013: b"<html><body><p>Patient: Jane Testperson</p>"
+                        b"<p>MRN 12345678</p></body></html>"}
+    elif rtf_only:
+        from compressed_rtf import compress  # type: ignore[import-untyped]
+
+        body = {0x1009: compress(b"{\\rtf1\\ansi Patient: Jane Testperson\\par MRN 12345678}")}
     streams |= _props("", {0x0037: "Referral Testperson", 0x0C1A: "Dr Alice Example",
                            0x0E04: "Bob Receiver", **body})
     streams |= _props("__recip_version1.0_#00000000/", {0x3001: "Carol Recipient"})

@@ -110,6 +110,12 @@ def test_outlook_msg_html_body_and_nested_doc() -> None:
     assert r.unscannable == ()
 
 
+def test_outlook_msg_compressed_rtf_body() -> None:
+    r = attach(O.msg_bytes(nested=False, rtf_only=True), MSG, "m.msg")
+    assert "Patient: Jane Testperson\nMRN 12345678" in texts(r)["attachment[1]/body text/rtf"]
+    assert r.unscannable == ()
+
+
 @pytest.mark.parametrize(("data", "ctype", "name", "reason"), [
     (O.compound_file({"Contents": b"x" * 100, "VisioDocument": bytes(64)}),
      "application/octet-stream", "drawing.vsd", "unsupported"),
