@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .audit import AuditLog, configure_stdlib_logging
 from .authguard import AuthGuard
@@ -37,6 +37,9 @@ from .smtpclient import SmtpSender
 from .spool import Spool
 from .tlsutil import ensure_dkim_key, ensure_self_signed, server_context
 from .users import UserDB
+
+if TYPE_CHECKING:
+    from portal.service import PortalService
 
 LISTENERS = {
     "relay": Listener("relay", require_auth=False, implicit_tls=False),
@@ -145,6 +148,7 @@ class Gateway:
         self.router: Router | None = None
         self._stopped = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self.portal: PortalService | None = None
 
     def _state(self, config: Config) -> IntakeState:
         users = UserDB.load(config.auth.users_file)
@@ -190,13 +194,24 @@ class Gateway:
         self.router = Router(cfg, make_resolver(cfg), clock)
         sender = SmtpSender(cfg.hostname, cfg.delivery.connect_timeout,
                             cfg.delivery.command_timeout, cfg.delivery.idle_connection)
+        if cfg.portal.enabled:
+            from portal.service import PortalService
+
+            self.portal = PortalService(cfg, self.audit, clock)
         self.delivery = Delivery(cfg, self.spool, self.audit, self.router, sender, clock,
-                                 scanner=self.worker == 0)
+                                 scanner=self.worker == 0,
+                                 portal=self.portal.rewriter if self.portal else None)
         guard = AuthGuard(cfg.auth.max_failures, cfg.auth.failure_window, cfg.auth.lockout,
                           cfg.auth.tarpit, clock, cfg.auth.ip_failure_factor)
         tls_ctx = server_context(self.cert, self.key)
         loop = asyncio.get_running_loop()
         for name, sock in self.sockets.items():
+            if name == "portal":
+                if self.portal is not None:
+                    await self.portal.serve(sock)
+                    if self.worker == 0:
+                        self.portal.start_purger()
+                continue
             listener = LISTENERS[name]
             handler = IntakeHandler(listener, state, self.spool, self.audit, guard,
                                     self.delivery.notify, clock)
@@ -270,6 +285,9 @@ class Gateway:
             await self.delivery.stop(max(1.0, deadline - time.monotonic()))
         if self.handlers:
             self.handlers[0].state.policy.close(wait=True)
+        if self.portal is not None:
+            with contextlib.suppress(Exception):
+                await self.portal.stop()
         for s in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(s.wait_closed(), 1.0)
@@ -320,6 +338,10 @@ def run(config_path: Path, overrides: Sequence[str]) -> int:
             if hp is not None:
                 sockets[name] = bind(hp)
                 audit.emit("service.listen", {"listener": name, "listen.address": str(hp)})
+        if config.portal.enabled:
+            sockets["portal"] = bind(config.portal.listen)
+            audit.emit("service.listen", {"listener": "portal",
+                                          "listen.address": str(config.portal.listen)})
     except OSError as exc:
         print(f"cannot listen: {exc.strerror} ({exc.__class__.__name__})", file=sys.stderr)
         return 1

@@ -73,6 +73,10 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "body.8bit": (bool,),
     "listen.address": (str,),
     "count": (int,),
+    "portal.id": (str,),
+    "portal.expires": (str,),
+    "portal.attachment": (int,),
+    "portal.failures": (int,),
 }
 
 # Remote SMTP replies can quote an address back; they never carry our message content,

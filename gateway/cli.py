@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name")
     p = usub.add_parser("list", help="list users")
     _common(p)
+
+    from portal.cli import add_parsers as portal_parsers
+
+    portal_parsers(sub, _common)
     return parser
 
 
@@ -124,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _queue(args, _load(args))
         if args.command == "user":
             return _user(args, _load(args))
+        if args.command == "portal":
+            from portal.cli import run as portal_run
+
+            return portal_run(args, _load(args))
     except ConfigError as err:
         print("\n".join(err.problems), file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ Every problem is reported as ``file:line: what is wrong`` so an admin can fix th
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -106,8 +107,23 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class PortalConfig:
+    enabled: bool
     listen: HostPort
     base_url: str
+    store: str  # a SQLite file, or a postgresql:// URL shared by several nodes
+    submit: HostPort  # where the portal hands its mail (codes, replies): the relay listener
+    from_address: str  # envelope and From of the portal's own mail
+    subject: str  # the notification's neutral subject
+    anti_phishing_phrase: str  # shown in every notification and portal page, if set
+    templates: Path
+    expire: float  # a pickup's lifetime
+    code_digits: int
+    code_ttl: float
+    code_resend: float  # minimum interval between two codes for one pickup
+    max_failures: int  # wrong codes before the pickup locks
+    lockout: float
+    session_idle: float
+    notify_sender_on_open: bool
 
 
 @dataclass(frozen=True)
@@ -380,6 +396,14 @@ def _string(value: Any) -> str:
     return value.strip()
 
 
+def _address(value: Any) -> str:
+    text = _string(value)
+    local, at, domain = text.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() or c in "<>" for c in text):
+        raise ValueError(f"expected an address such as secure@example.org, got {value!r}")
+    return text
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
@@ -552,11 +576,44 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         audit_file=chk.get(log_d, "log", "audit_file", var_path, var / "log" / "audit.jsonl"),
         stdout=chk.get(log_d, "log", "stdout", _bool, True),
     )
-    portal_d = chk.section(top.get("portal"), "portal", ["listen", "base_url"])
+    hostname = chk.get(top, "", "hostname", _domain, _default_hostname())
+    organisation = chk.get(top, "", "organisation", _string, "phigate")
+    domains: tuple[str, ...] = chk.get(top, "", "domains", _list(_domain), ())
+    portal_d = chk.section(top.get("portal"), "portal", [
+        "enabled", "listen", "base_url", "store", "submit", "from_address", "subject",
+        "anti_phishing_phrase", "templates", "expire", "code_digits", "code_ttl",
+        "code_resend", "max_failures", "lockout", "session_idle", "notify_sender_on_open"])
     portal_listen = chk.get(portal_d, "portal", "listen", _hostport, HostPort("127.0.0.1", 8080))
+
+    def store_url(value: Any) -> str:
+        text = _string(value)
+        return text if text.startswith(("postgresql://", "postgres://")) else str(var_path(text))
+
+    def code_digits(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 6 <= value <= 8:
+            raise ValueError(f"expected 6, 7 or 8 digits, got {value!r}")
+        return value
+
+    pc = functools.partial(chk.get, portal_d, "portal")
+    first_domain = domains[0] if domains else hostname
     portal = PortalConfig(
+        enabled=pc("enabled", _bool, True),
         listen=portal_listen,
-        base_url=chk.get(portal_d, "portal", "base_url", _string, f"http://{portal_listen}"),
+        base_url=pc("base_url", _string, f"http://{portal_listen}").rstrip("/"),
+        store=pc("store", store_url, str(var / "portal.db")),
+        submit=pc("submit", _hostport, listen.relay or HostPort("127.0.0.1", 2525)),
+        from_address=pc("from_address", _address, f"secure-messages@{first_domain}"),
+        subject=pc("subject", _string, f"Secure message from {organisation}"),
+        anti_phishing_phrase=pc("anti_phishing_phrase", str, ""),
+        templates=pc("templates", conf_path, base / "templates"),
+        expire=pc("expire", _duration, 30 * 86400.0),
+        code_digits=pc("code_digits", code_digits, 6),
+        code_ttl=pc("code_ttl", _duration, 600.0),
+        code_resend=pc("code_resend", _duration, 60.0),
+        max_failures=pc("max_failures", _positive(int), 5),
+        lockout=pc("lockout", _duration, 1800.0),
+        session_idle=pc("session_idle", _duration, 900.0),
+        notify_sender_on_open=pc("notify_sender_on_open", _bool, False),
     )
     metrics_d = chk.section(top.get("metrics"), "metrics", ["listen"])
     metrics = MetricsConfig(
@@ -576,9 +633,9 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
     dkim = _dkim(top.get("dkim"), chk, conf_path)
     cfg = Config(
         source=source,
-        hostname=chk.get(top, "", "hostname", _domain, _default_hostname()),
-        organisation=chk.get(top, "", "organisation", _string, "phigate"),
-        domains=chk.get(top, "", "domains", _list(_domain), ()),
+        hostname=hostname,
+        organisation=organisation,
+        domains=domains,
         trusted_networks=chk.get(
             top, "", "trusted_networks", _list(_network),
             (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .audit import AuditLog
 from .config import Config
@@ -27,10 +27,21 @@ from .routing import Route, RouteError, Router
 from .smtpclient import Outcome, SmtpSender, Transaction
 from .spool import Header, Spool, SpoolError
 
+if TYPE_CHECKING:
+    from portal.rewrite import Rewritten
+
 FLUSH_TRIGGER = "flush"
-# Verdict actions whose transforms (portal rewrite, OpenPGP/S-MIME) are not built yet: such
-# recipients stay queued rather than receive the message unprotected.
-UNAVAILABLE_ACTIONS = ("portal", "encrypt")
+# Verdict actions served by the pickup portal. ``encrypt`` falls back to the portal when no
+# key is known for the recipient, and no key store exists yet. Without a portal (disabled)
+# such recipients stay queued rather than receive the message unprotected.
+PORTAL_ACTIONS = ("portal", "encrypt")
+
+
+class Rewriter(Protocol):
+    """The portal transform (``portal.rewrite.PortalRewriter``)."""
+
+    def rewrite(self, queue_id: str, mail_from: str, raw: bytes,
+                recipient: str) -> Rewritten: ...
 # A message claimed this long ago belongs to a worker process that died; deliver it again
 # (at least once). Longer than any attempt can take with the default timeouts.
 STALE_ACTIVE = 3600.0
@@ -66,6 +77,7 @@ class Delivery:
         sender: SmtpSender,
         clock: Callable[[], float] = time.time,
         scanner: bool = True,
+        portal: Rewriter | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
@@ -74,6 +86,7 @@ class Delivery:
         self.sender = sender
         self.clock = clock
         self.scanner = scanner
+        self.portal = portal
         self._queue: asyncio.Queue[tuple[str, str, Handoff | None]] = asyncio.Queue()
         self._deferred: list[tuple[float, str]] = []
         self._dest_sems: dict[str, asyncio.Semaphore] = defaultdict(
@@ -243,14 +256,16 @@ class Delivery:
         # Group recipients by route and TLS requirement; routing errors and actions that
         # cannot be carried out decide those recipients at once.
         groups: dict[tuple[str, bool], tuple[Route, list[str]]] = {}
+        notices: list[tuple[Route, str, bytes]] = []  # portal notifications, one per recipient
         outcomes: list[Outcome] = []
         verdict = header.verdict
         for rcpt in pending:
             action = verdict.action_for(rcpt).action
-            if action in UNAVAILABLE_ACTIONS:
+            if action in PORTAL_ACTIONS and self.portal is None:
                 # Fail closed: never send in clear what the policy wants protected.
-                outcomes.append(Outcome(rcpt, 451, f"4.7.0 {action} delivery is not available "
-                                        "on this gateway yet; held for retry", None, None))
+                outcomes.append(Outcome(rcpt, 451, f"4.7.0 {action} delivery needs the portal, "
+                                        "which is disabled on this gateway; held for retry",
+                                        None, None))
                 continue
             try:
                 route = await self.router.route(_domain(rcpt))
@@ -258,20 +273,50 @@ class Delivery:
                 code = 550 if err.permanent else 451
                 outcomes.append(Outcome(rcpt, code, f"{err.status} {err.text}", None, None))
                 continue
+            if action in PORTAL_ACTIONS:
+                notice = await self._to_portal(qid, env, data, rcpt)
+                if isinstance(notice, Outcome):
+                    outcomes.append(notice)
+                else:
+                    notices.append((route, rcpt, notice))
+                continue
             need_tls = action == "require_tls"
             groups.setdefault((route.key, need_tls), (route, []))[1].append(rcpt)
 
-        async def send_group(route: Route, rcpts: list[str], need_tls: bool) -> list[Outcome]:
-            tx = Transaction(env.mail_from, rcpts, data, env.smtputf8, env.body_8bit, need_tls)
+        async def send_group(route: Route, rcpts: list[str], need_tls: bool,
+                             body: bytes) -> list[Outcome]:
+            tx = Transaction(env.mail_from, rcpts, body, env.smtputf8, env.body_8bit, need_tls)
             async with self._dest_sems[route.key]:
                 return await self.sender.send(route, tx)
 
-        results = await asyncio.gather(*(send_group(r, rc, key[1])
-                                         for key, (r, rc) in groups.items()))
+        # the notification carries no PHI, so it may travel with opportunistic TLS
+        results = await asyncio.gather(
+            *(send_group(r, rc, key[1], data) for key, (r, rc) in groups.items()),
+            *(send_group(r, [rcpt], False, body) for r, rcpt, body in notices))
         for group in results:
             outcomes.extend(group)
         duration = self.clock() - started
         self._finish(qid, header.kind, env, data, status, outcomes, attempt_no, duration)
+
+    async def _to_portal(self, qid: str, env: Envelope, data: bytes,
+                         rcpt: str) -> bytes | Outcome:
+        """Store the message for ``rcpt`` in the portal: the notification to send instead, or
+        a temporary failure (the store is down: the message waits, it is never sent in
+        clear)."""
+        assert self.portal is not None
+        try:
+            done = await asyncio.to_thread(self.portal.rewrite, qid, env.mail_from, data, rcpt)
+        except Exception as exc:  # StoreError, or a template an admin broke
+            self.audit.emit("portal.stored", {"email.local_id": qid, "email.to.address": rcpt,
+                                              "event.outcome": "failure",
+                                              "error.type": type(exc).__name__})
+            return Outcome(rcpt, 451, "4.3.0 the portal store is unavailable; will retry",
+                           None, None)
+        self.audit.emit("portal.stored", {
+            "email.local_id": qid, "email.to.address": rcpt, "portal.id": done.pickup_id,
+            "portal.expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(done.expires)),
+            "event.outcome": "success"})
+        return done.notification
 
     def _finish(self, qid: str, kind: str, env: Envelope, data: bytes, status: DeliveryStatus,
                 outcomes: list[Outcome], attempt_no: int, duration: float) -> None:

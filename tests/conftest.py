@@ -21,6 +21,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP
 
+from tests.portal_pg import pg_dsn, pg_server  # noqa: F401  (fixtures for every test)
+
 ROOT = Path(__file__).resolve().parent.parent
 PHIGATE = [sys.executable, "-m", "gateway.cli"]
 
@@ -139,6 +141,7 @@ class GatewayProc:
     submission: int
     submissions: int
     overrides: list[str]
+    portal: int = 0
     config: Path = ROOT / "conf" / "gateway.yaml"
     proc: subprocess.Popen[bytes] | None = None
     out: Path = field(default_factory=lambda: Path("/dev/null"))
@@ -165,7 +168,7 @@ class GatewayProc:
 
     def cli(self, *argv: str, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
         sub, rest = argv[0], list(argv[1:])
-        if sub in ("queue", "user"):
+        if sub in ("queue", "user", "portal"):
             cmd = [*PHIGATE, sub, rest[0], *self.args(), *rest[1:]]
         else:
             cmd = [*PHIGATE, sub, *self.args(), *rest]
@@ -212,8 +215,10 @@ class GatewayProc:
 
 def make_gateway(var: Path, *extra: str, transport: dict[str, int] | None = None,
                  users: Path | None = None) -> GatewayProc:
-    relay, sub, subs = free_port(), free_port(), free_port()
+    relay, sub, subs, portal = free_port(), free_port(), free_port(), free_port()
     overrides = [
+        f"portal.listen=127.0.0.1:{portal}",
+        f"portal.base_url=http://127.0.0.1:{portal}",
         f"paths.var={var}",
         f"listen.relay=127.0.0.1:{relay}",
         f"listen.submission=127.0.0.1:{sub}",
@@ -233,7 +238,7 @@ def make_gateway(var: Path, *extra: str, transport: dict[str, int] | None = None
         tm = ", ".join(f'"{d}": "127.0.0.1:{p}"' for d, p in transport.items())
         overrides.append(f"delivery.transport={{{tm}}}")
     overrides += list(extra)
-    return GatewayProc(var, relay, sub, subs, overrides)
+    return GatewayProc(var, relay, sub, subs, overrides, portal)
 
 
 @pytest.fixture

@@ -65,13 +65,24 @@ def test_clean_mail_is_delivered_and_secure_keyword_is_held(gateway_factory, sin
     assert _send(gw.relay, ["bob@plain.test"], "lunch on friday",
                  "The cafeteria is closed on Friday.\r\n")[0] == 250
     assert len(sink.wait_for(1)) == 1
+    code, _ = _send(gw.relay, ["bob@plain.test"], "[secure] lunch", "nothing here\r\n")
+    assert code == 250
+    # the [secure] message goes to the portal: bob gets a notification, not the message
+    got = sink.wait_for(2)[1]
+    assert b"Secure message from" in got.data and b"lunch" not in got.data
+    assert b"nothing here" not in got.data
+
+
+def test_portal_disabled_holds_secure_mail(gateway_factory, sink):
+    gw = gateway_factory("rules.enabled=true", "portal.enabled=false",
+                         transport={"plain.test": sink.port})
     code, reply = _send(gw.relay, ["bob@plain.test"], "[secure] lunch", "nothing here\r\n")
     assert code == 250
     qid = reply.split()[-1].decode()
     ev = gw.wait_event(lambda e: e["event.action"] == "delivery.deferred"
                        and e.get("email.local_id") == qid)
-    assert "portal delivery is not available" in ev["smtp.reply"]
-    assert len(sink.messages) == 1
+    assert "needs the portal, which is disabled" in ev["smtp.reply"]
+    assert sink.messages == []  # never sent in clear
 
 
 def test_quarantine_and_reject_policies(gateway_factory, sink, tmp_path):
