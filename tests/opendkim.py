@@ -1,6 +1,9 @@
 """An independent DKIM verifier for the tests: OpenDKIM (Debian package ``opendkim``) in its
-test mode (``opendkim -t FILE``), fed the exact bytes, with the public keys either from a file
-(``TestPublicKeys``) or from a real DNS server (``Nameservers ADDR@PORT``, through libunbound).
+test mode (``opendkim -t FILE``), fed the exact bytes, with the public keys given in a file
+(``TestPublicKeys``). Integration tests fill that file with the TXT records as a real DNS
+server (NSD on loopback) serves them: OpenDKIM's own resolver (libunbound) could not be pointed
+at a nameserver on a high port (``Nameservers 127.0.0.1@PORT`` and an unbound forward-zone
+sent no query at all), so the lookup is ours and the verification is OpenDKIM's.
 
 The verdict per signature is read from the Authentication-Results field OpenDKIM prints at
 ``-vvv``: ``dkim=pass header.d=... header.s=...``.
@@ -37,21 +40,16 @@ def require_opendkim() -> str:
 _RESULT = re.compile(r"dkim=(\w+)[^;]*?header\.d=(\S+)[^;]*?header\.s=(\S+)")
 
 
-def verify(message: bytes, workdir: Path, keys: dict[str, str] | None = None,
-           nameserver: tuple[str, int] | None = None) -> dict[str, str]:
+def verify(message: bytes, workdir: Path, keys: dict[str, str]) -> dict[str, str]:
     """Verify every DKIM signature of ``message``; return {"SELECTOR._domainkey.DOMAIN":
     result} with OpenDKIM's results (pass, fail, neutral, permerror, ...).
 
-    ``keys`` maps "SELECTOR._domainkey.DOMAIN" to the TXT value; otherwise ``nameserver`` is
-    asked."""
+    ``keys`` maps "SELECTOR._domainkey.DOMAIN" to the TXT value."""
     opendkim = require_opendkim()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = ["Mode v", "Syslog no", "AlwaysAddARHeader yes", "MinimumKeyBits 1024"]
-    if keys is not None:
-        (workdir / "keys").write_text("".join(f"{n} {v}\n" for n, v in keys.items()))
-        conf.append(f"TestPublicKeys {workdir / 'keys'}")
-    if nameserver is not None:
-        conf.append(f"Nameservers {nameserver[0]}@{nameserver[1]}")
+    (workdir / "keys").write_text("".join(f"{n} {v}\n" for n, v in keys.items()))
+    conf.append(f"TestPublicKeys {workdir / 'keys'}")
     (workdir / "opendkim.conf").write_text("\n".join(conf) + "\n")
     msg = workdir / "message.eml"
     msg.write_bytes(message)
