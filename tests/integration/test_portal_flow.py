@@ -57,7 +57,7 @@ def _to(addr: str, subject: str | None = None):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def portal_gw(gateway_factory, sink):  # type: ignore[no-untyped-def]
     return gateway_factory("rules.enabled=true", "portal.max_failures=3",
-                           "portal.code_resend=1s",
+                           "portal.code_resend=1s", "portal.notify_sender_on_open=true",
                            transport={"dest.test": sink.port, "example.org": sink.port})
 
 
@@ -93,6 +93,8 @@ def test_secure_message_read_download_reply(portal_gw: GatewayProc, sink: Sink) 
     assert "Alice Sender" in text
 
     b, _link, mid = _verified(gw, sink, "bob@dest.test")
+    opened = _wait(sink, _to("alice@example.org", "Your secure message was opened"))
+    assert b"bob@dest.test" in opened.data and b"Quux" not in opened.data
     page = b.get(f"/m/{mid}")
     assert page.status == 200
     assert "Testpatient Quux" in page.text  # the body, shown to the verified recipient
