@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := postfix swaks libnet-ssleay-perl nsd postgresql
+DEBS   := postfix swaks libnet-ssleay-perl nsd postgresql opendkim
 
 .PHONY: run test lint typecheck check deps venv bench clean
 
