@@ -151,6 +151,29 @@ class Hit(NamedTuple):
         return "".join(c if i < keep or not c.isalnum() else "*" for i, c in enumerate(v))
 
 
+class _Plan(NamedTuple):
+    """What ``analyse`` needs of one detector, precomputed (tuple unpacking is cheap)."""
+
+    plain: bool  # no validator, context, exclusion or table: every match is a hit
+    id: str
+    type: str
+    category: str
+    score: float
+    strong: bool
+    nameish: bool  # a name pattern: only the longest end that ends a word is tried
+    ctx_ids: tuple[int, ...]
+    window: int
+    context_required: bool
+    col_words: re.Pattern[str] | None
+    col_first: frozenset[bytes]
+    excl_ids: tuple[int, ...]
+    exclude_window: int
+    validator: Callable[[str], bool] | None
+    shared: str | None  # the validator's name when other detectors use it too (memoised)
+    patient_cols: re.Pattern[str] | None
+    is_name: bool
+
+
 @dataclass(frozen=True)
 class Analysis:
     hits: tuple[Hit, ...]
@@ -525,14 +548,27 @@ class Engine:
         # the first word of each column word: if none is in the text, no table label can match
         self._column_first = [frozenset(w.split()[0].lower().encode() for w in spec.column_context
                                         if w.split()) for spec in self.specs]
-        self._plans = [
-            (spec, spec.category in _NAMEISH or spec.type == ADDRESSEE,
-             frozenset(self._context_ids[i]),
-             _words_rx(self._column_words[i]), frozenset(self._exclude_ids[i])
-             if spec.exclude_context else frozenset(),
-             self.validators[spec.validate] if spec.validate else None,
-             _words_rx(self._patient_columns[i]), spec.category == NAME)
-            for i, spec in enumerate(self.specs)]
+        # validators used by more than one detector: their answers are shared within a message
+        uses: dict[str, int] = {}
+        for spec in self.specs:
+            if spec.validate:
+                uses[spec.validate] = uses.get(spec.validate, 0) + 1
+        self._plans: list[_Plan] = []
+        for i, spec in enumerate(self.specs):
+            validator = self.validators[spec.validate] if spec.validate else None
+            patient_cols = _words_rx(self._patient_columns[i])
+            is_name = spec.category == NAME
+            ctx_ids = tuple(sorted(self._context_ids[i]))
+            excl_ids = tuple(sorted(self._exclude_ids[i])) if spec.exclude_context else ()
+            plain = (validator is None and not spec.context_required and not excl_ids
+                     and patient_cols is None and not is_name)
+            self._plans.append(_Plan(
+                plain, spec.id, spec.type, spec.category, spec.score, spec.strong,
+                spec.category in _NAMEISH or spec.type == ADDRESSEE, ctx_ids, spec.window,
+                spec.context_required, _words_rx(self._column_words[i]),
+                self._column_first[i], excl_ids, spec.exclude_window, validator,
+                (spec.validate or "") if uses.get(spec.validate or "", 0) > 1 else None,
+                patient_cols, is_name))
         self._regex_dbs: list[tuple[hyperscan.Database, list[int]]] = [
             (_database(exprs, fl, False, cache_dir), owners)
             for exprs, fl, owners in groups.values()
@@ -613,24 +649,42 @@ class Engine:
         tables = _Tables(data)
         correspondents: list[frozenset[str]] | None = None
         hits: list[Hit] = []
+        append = hits.append
         checked: dict[tuple[str, int, int], bool] = {}
         present = _Present(data)
         plans = self._plans
         n = len(data)
+        single = len(chunks) == 1
+        where0, kind0 = chunks[0].where, chunks[0].kind
         for spec_i, start, ends in candidates:
-            (spec, nameish, ctx_ids, col_words, excl_ids, validator, patient_cols,
-             is_name) = plans[spec_i]
+            plan = plans[spec_i]
             longest = max(ends) if len(ends) > 1 else ends[0]
-            # cheap checks first: context words near (the window is measured from the longest
-            # end, which can only make it wider), excluded words; then validation (memoised:
-            # several detectors validate the same span); table labels last
-            window_ok = bool(ctx_ids) and _near(ctx_ids, start - spec.window,
-                                                longest + spec.window, context_pos)
-            if spec.context_required and not window_ok and (
-                    not col_words or not present.any_of(self._column_first[spec_i])):
+            if plan.plain:
+                if single:
+                    append(Hit(plan.id, plan.type, plan.category, where0, start, longest,
+                               plan.score, plan.strong,
+                               data[start:longest].decode("utf-8", "replace"), kind0))
+                else:
+                    ci = bisect.bisect_right(starts, start) - 1
+                    base = starts[ci]
+                    append(Hit(plan.id, plan.type, plan.category, chunks[ci].where,
+                               start - base, longest - base, plan.score, plan.strong,
+                               data[start:longest].decode("utf-8", "replace"), chunks[ci].kind))
                 continue
-            if excl_ids and _near(excl_ids, start - spec.exclude_window, start - 1,
-                                  context_pos):
+            (_, sid, stype, scat, sscore, sstrong, nameish, ctx_ids, window, required,
+             col_words, col_first, excl_ids, excl_window, validator, shared, patient_cols,
+             is_name) = plan
+            # cheap checks first: context words near (the window is measured from the longest
+            # end, which can only make it wider), excluded words; then table labels (memoised
+            # per place and shared by the column detectors), then validation (memoised when
+            # several detectors validate the same span)
+            window_ok = bool(ctx_ids) and _near(ctx_ids, start - window, longest + window,
+                                                context_pos)
+            if required and not window_ok and (
+                    col_words is None or not present.any_of(col_first)
+                    or not _labelled(col_words, tables.labels(start))):
+                continue
+            if excl_ids and _near(excl_ids, start - excl_window, start - 1, context_pos):
                 continue
             if validator is None:
                 end = longest
@@ -638,32 +692,37 @@ class Engine:
                 # name patterns match whole runs of capitalised words and their validators
                 # look inside the run: a shorter run would only cut a name (and its
                 # credential) short
-                if len(ends) == 1 and (longest >= n or not (
-                        _is_word_char(data[longest]) and _is_word_char(data[longest - 1]))):
-                    tried = ends
+                if longest >= n or not (_is_word_char(data[longest])
+                                        and _is_word_char(data[longest - 1])):
+                    tried: Sequence[int] = (longest,) if nameish or len(ends) == 1 else (
+                        _word_ends(data, ends, 3))
                 else:
                     tried = _word_ends(data, ends, 1 if nameish else 3)
-                found = None
+                found = -1
                 for e in tried:
-                    vkey = (spec.validate or "", start, e)
-                    ok = checked.get(vkey)
-                    if ok is None:
-                        ok = checked[vkey] = _valid(validator, data, start, e)
+                    if shared is None:
+                        ok = _valid(validator, data, start, e)
+                    else:
+                        vkey = (shared, start, e)
+                        got = checked.get(vkey)
+                        if got is None:
+                            got = checked[vkey] = _valid(validator, data, start, e)
+                        ok = got
                     if ok:
                         found = e
                         break
-                if found is None:
+                if found < 0:
                     continue
                 end = found
-            if spec.context_required and not window_ok and not _labelled(
-                    col_words, tables.labels(start)):
-                continue
-            ci = bisect.bisect_right(starts, start) - 1
-            base = starts[ci]
-            hit = Hit(spec.id, spec.type, spec.category, chunks[ci].where, start - base,
-                      end - base, spec.score, spec.strong,
-                      data[start:end].decode("utf-8", "replace"), chunks[ci].kind)
-            if patient_cols and _labelled(patient_cols, tables.labels(start)):
+            if single:
+                hit = Hit(sid, stype, scat, where0, start, end, sscore, sstrong,
+                          data[start:end].decode("utf-8", "replace"), kind0)
+            else:
+                ci = bisect.bisect_right(starts, start) - 1
+                base = starts[ci]
+                hit = Hit(sid, stype, scat, chunks[ci].where, start - base, end - base, sscore,
+                          sstrong, data[start:end].decode("utf-8", "replace"), chunks[ci].kind)
+            if patient_cols is not None and _labelled(patient_cols, tables.labels(start)):
                 hit = hit._replace(category=PERSON)
             elif is_name:
                 if correspondents is None:
@@ -672,7 +731,7 @@ class Engine:
                     toks = name_tokens(hit.value)
                     if any(len(toks & c) >= min(2, len(toks)) for c in correspondents):
                         continue
-            hits.append(hit)
+            append(hit)
         return decide(_dedupe(hits))
 
 
