@@ -30,6 +30,8 @@ from .audit import AuditLog, configure_stdlib_logging
 from .authguard import AuthGuard
 from .config import Config, ConfigError, HostPort, load_config
 from .delivery import Delivery
+from .dkim import Signer
+from .dkimkeys import DkimKeyError
 from .intake import CALL_LIMITS, GatewaySMTP, IntakeHandler, IntakeState, Listener
 from .policy import DeliverPolicy, Policy
 from .routing import Router, make_resolver
@@ -67,7 +69,8 @@ def prepare_var(config: Config) -> tuple[Path, Path]:
     else:
         cert, key = ensure_self_signed(config.paths.var, config.hostname)
     for domain in config.domains:
-        ensure_dkim_key(config.paths.var, domain)
+        if domain not in config.dkim.domains:  # an admin's own key is configured there
+            ensure_dkim_key(config.paths.var, domain, config.dkim.selector)
     return cert, key
 
 
@@ -200,7 +203,8 @@ class Gateway:
             self.portal = PortalService(cfg, self.audit, clock)
         self.delivery = Delivery(cfg, self.spool, self.audit, self.router, sender, clock,
                                  scanner=self.worker == 0,
-                                 portal=self.portal.rewriter if self.portal else None)
+                                 portal=self.portal.rewriter if self.portal else None,
+                                 signer=Signer.from_config(cfg, clock))
         guard = AuthGuard(cfg.auth.max_failures, cfg.auth.failure_window, cfg.auth.lockout,
                           cfg.auth.tarpit, clock, cfg.auth.ip_failure_factor)
         tls_ctx = server_context(self.cert, self.key)
@@ -264,6 +268,12 @@ class Gateway:
         if old is not None and old is not state.policy:
             old.close()
         if self.delivery is not None and self.router is not None:
+            try:
+                self.delivery.signer = Signer.from_config(new, self.runtime.clock)
+            except DkimKeyError as exc:  # a key file an admin broke: keep the old keys
+                self.audit.emit("config.reload_failed", {"config.file": str(self.config_path),
+                                                         "error.type": type(exc).__name__,
+                                                         "event.outcome": "failure"})
             self.delivery.config = new
             self.router.config = new
             self.router.resolver = make_resolver(new)
@@ -326,6 +336,11 @@ def run(config_path: Path, overrides: Sequence[str]) -> int:
               f"(it holds {config.paths.var / 'phigate.lock'}); stop it first", file=sys.stderr)
         return 1
     cert, key = prepare_var(config)
+    try:
+        Signer.from_config(config)
+    except DkimKeyError as err:
+        print(str(err), file=sys.stderr)
+        return 1
     audit = AuditLog(config.log.audit_file, config.log.stdout)
     recovered = Spool(config.paths.spool).recover()
     audit.emit("queue.recovered", {"count": recovered["requeued"], "queue.state": "incoming"})

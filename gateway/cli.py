@@ -15,6 +15,9 @@ from pathlib import Path
 from .audit import AuditLog
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from .delivery import FLUSH_TRIGGER
+from .dkim import Signer
+from .dkimcli import add_parsers as add_dkim_parsers
+from .dkimkeys import DkimKeyError
 from .model import SpoolEntry
 from .spool import STATES, Spool, SpoolError
 from .users import UserDB
@@ -91,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     from portal.cli import add_parsers as portal_parsers
 
     portal_parsers(sub, _common)
+    add_dkim_parsers(sub)
     return parser
 
 
@@ -108,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             cfg = _load(args)
             UserDB.load(cfg.auth.users_file)
+            try:
+                Signer.from_config(cfg)
+            except DkimKeyError as err:
+                raise ConfigError([str(err)]) from None
             if cfg.rules.enabled:
                 from .classify import load_rules
                 from .rules.ruleset import check_examples
@@ -128,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _queue(args, _load(args))
         if args.command == "user":
             return _user(args, _load(args))
+        if args.command in ("dkim", "dns"):
+            return int(args.handler(args, _load(args)))
         if args.command == "portal":
             from portal.cli import run as portal_run
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .audit import AuditLog
 from .config import Config
+from .dkim import Signer
 from .dsn import FailedRecipient, build_bounce, status_for
 from .model import DeliveryStatus, Envelope, RecipientStatus, RecipientVerdict, Verdict
 from .routing import Route, RouteError, Router
@@ -78,6 +79,7 @@ class Delivery:
         clock: Callable[[], float] = time.time,
         scanner: bool = True,
         portal: Rewriter | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
@@ -87,6 +89,7 @@ class Delivery:
         self.clock = clock
         self.scanner = scanner
         self.portal = portal
+        self.signer = signer
         self._queue: asyncio.Queue[tuple[str, str, Handoff | None]] = asyncio.Queue()
         self._deferred: list[tuple[float, str]] = []
         self._dest_sems: dict[str, asyncio.Semaphore] = defaultdict(
@@ -289,6 +292,11 @@ class Delivery:
             async with self._dest_sems[route.key]:
                 return await self.sender.send(route, tx)
 
+        # DKIM signing is the last transform: the message once for all its groups, each
+        # portal notification on its own
+        if groups:
+            data = await self._sign(qid, env, data)
+        notices = [(r, rcpt, await self._sign(qid, env, body)) for r, rcpt, body in notices]
         # the notification carries no PHI, so it may travel with opportunistic TLS
         results = await asyncio.gather(
             *(send_group(r, rc, key[1], data) for key, (r, rc) in groups.items()),
@@ -297,6 +305,15 @@ class Delivery:
             outcomes.extend(group)
         duration = self.clock() - started
         self._finish(qid, header.kind, env, data, status, outcomes, attempt_no, duration)
+
+    async def _sign(self, qid: str, env: Envelope, data: bytes) -> bytes:
+        if self.signer is None:
+            return data
+        signed = await self.signer.sign_async(data, env.mail_from)
+        if not signed.signed:
+            self.audit.emit("dkim.unsigned", {"email.local_id": qid,
+                                              "event.reason": signed.reason or "dkim_no_key"})
+        return signed.data
 
     async def _to_portal(self, qid: str, env: Envelope, data: bytes,
                          rcpt: str) -> bytes | Outcome:
