@@ -129,6 +129,35 @@ _TITLE = re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Mx)\.?[ \t]+([A-Z][A-Za-z'-]*)")
 _LINE_NOT_PATIENT = re.compile("|".join(
     f"(?:{rx.pattern})" for rx in (_CLINICIAN_BEFORE, _ROLE_LABEL_BEFORE, _SALUTATION_BEFORE,
                                    _NUMBER_BEFORE)), re.I)
+# Every alternative of _LINE_NOT_PATIENT ends the line: with a title ("Dr."), a label's
+# punctuation ("Prescriber:"), "by", "call", "covering", "copying", a greeting ("Dear") or a
+# house number ("42 "). Searching a line costs microseconds (the role list); these last words
+# say cheaply when it cannot match.
+_LINE_END_WORDS = frozenset({
+    "dr", "doctor", "prof", "professor", "nurse", "rev", "by", "call", "covering", "cc'ing",
+    "ccing", "ing", "copying", "dear", "hi", "hello", "hey", "greetings", "attn", "attention",
+    "morning", "afternoon", "evening", "n", "s", "e", "w",
+})
+_LAST_ALNUM = re.compile(r"[A-Za-z0-9]+$")
+
+
+def _line_not_patient(line: str) -> bool:
+    """``_LINE_NOT_PATIENT.search(line)``, answered without searching for most lines."""
+    core = line.rstrip()
+    if not core:
+        return False
+    if core[-1] not in ":#,-" and core.isascii():  # (re.I folds a few non-ASCII letters)
+        if core[-1] == ".":
+            core = core[:-1]
+        alnum = _LAST_ALNUM.search(core)
+        if alnum is None:
+            return False
+        tail = alnum.group()
+        if not (tail[0].isdigit() or tail.lower() in _LINE_END_WORDS):  # "cc'ing": "ing"
+            return False
+    return _LINE_NOT_PATIENT.search(line) is not None
+
+
 # "Jane Roe, Diabetes Educator", "Jane Roe\nRN Care Manager": a job title after the name
 _ROLE_AFTER = (r"^(?:,[ \t]*|[ \t]*\r?\n[ \t]*|[ \t]+[-|][ \t]+)(?:[A-Z][A-Za-z&/.-]*[ \t]+){0,3}"
                r"(?i:" + _ROLES + r")\b")
@@ -206,11 +235,12 @@ def _signature(before: str) -> bool:
     return _VALEDICTION.fullmatch(prev[prev.rfind("\n") + 1:].strip()) is not None
 
 
-def _name_span(text: str) -> tuple[int, int] | None:
+def _name_span(text: str, prefiltered: bool = False) -> tuple[int, int] | None:
     """Where in ``text`` a person's name lies: 'Roe, Jane M.', 'Jane M. Roe', 'JANE ROE',
     'Ms. Jane Roe', 'Mr Roe'. Words around it that are not part of the name are allowed
-    (the pattern that found the candidate is greedy)."""
-    if not _may_be_name(text):
+    (the pattern that found the candidate is greedy). ``prefiltered``: ``_may_be_name(text)``
+    is known to be true."""
+    if not prefiltered and not _may_be_name(text):
         return None  # the common case, decided without tokenising
     flags = _name_flags()
     toks = _tokens(text)
@@ -251,10 +281,10 @@ def _name_span(text: str) -> tuple[int, int] | None:
     return None
 
 
-def _mention(before: str, text: str, after: str) -> bool:
+def _mention(before: str, text: str, after: str, prefiltered: bool = False) -> bool:
     """A name in running text that is not a clinician's, a correspondent's, a street's or a
     company's."""
-    span = _name_span(text)
+    span = _name_span(text, prefiltered)
     if span is None:
         return False
     s, e = span
@@ -262,9 +292,14 @@ def _mention(before: str, text: str, after: str) -> bool:
     # number), on the line before it (a valediction) and just after it (a credential)
     before, after = before + text[:s], text[e:] + after
     line = before[before.rfind("\n") + 1:][-40:]
-    return not (_LINE_NOT_PATIENT.search(line) or _AFTER_NOT_PATIENT.match(after)
+    return not (_line_not_patient(line) or _AFTER_NOT_PATIENT.match(after)
                 or _signature(before) or _STREET_AFTER.match(after)
                 or _COMPANY_AFTER.match(after))
+
+
+def _prefiltered_mention(before: str, text: str, after: str) -> bool:
+    """``_mention`` behind the ``_may_be_name`` prefilter (not repeated)."""
+    return _mention(before, text, after, True)
 
 
 def _labelled(before: str, text: str, after: str) -> bool:
@@ -422,7 +457,7 @@ def validators() -> dict[str, Callable[[str], bool]]:
         "icd10": icd10, "phone_number": phone_number, "person_name": person_name,
         "person_name_strict": person_name_strict, "zip_code": zip_code,
         "patient_name": ContextualValidator(_labelled),
-        "person_mention": ContextualValidator(_mention, prefilter=_may_be_name),
+        "person_mention": ContextualValidator(_prefiltered_mention, prefilter=_may_be_name),
         "addressee": ContextualValidator(_addressee),
         "name_with_birth_date": ContextualValidator(_name_then(_DATE_AFTER_NAME, _birth_date)),
         "name_with_record_number": ContextualValidator(

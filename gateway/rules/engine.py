@@ -116,6 +116,8 @@ class ContextualValidator:
     prefilter: Callable[[str], bool] | None = None
 
     def __call__(self, text: str) -> bool:
+        if self.prefilter is not None and not self.prefilter(text):
+            return False
         return self.check("", text, "")
 
 
