@@ -204,10 +204,16 @@ class PostgresStore:
                                   "application_name": "phigate-portal"}
         self._pool = _Pool(self.name, dsn, kwargs, max_size=max_size,
                            timeout=connect_timeout, statement_timeout=statement_timeout)
-        # Connect once now: a clear error at start (refused, authentication, no such
-        # database), and the schema made before serving.
-        with self._conn() as conn:
-            self._create_schema(conn)
+        # The schema is made at the first successful connection, not here: a gateway that
+        # starts while the store is down stays up (portal messages wait in the queue) and
+        # catches up when it returns. ``check()`` connects now, for commands that want a
+        # clear error at once.
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    def check(self) -> None:
+        with self._conn():
+            pass
 
     def _create_schema(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
@@ -238,6 +244,11 @@ class PostgresStore:
     @contextlib.contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
         with self._errors(), self._pool.connection() as conn:
+            if not self._schema_ready:
+                with self._schema_lock:
+                    if not self._schema_ready:
+                        self._create_schema(conn)
+                        self._schema_ready = True
             yield conn
 
     # -- pickups ---------------------------------------------------------------------------

@@ -220,9 +220,6 @@ def test_store_outage_keeps_message_queued(gateway_factory, sink: Sink,  # type:
         gw.stop()  # before the cluster goes away
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: PostgresStore() connects and creates the "
-                   "schema in its constructor, so a gateway worker that starts while the "
-                   "store is down dies (portal/store_pg.py __init__, gateway/app.py start)")
 def test_gateway_starts_while_store_down(gateway_factory, sink: Sink) -> None:  # type: ignore[no-untyped-def]
     """Fail closed, but stay up: with the store unreachable at start, the gateway still
     accepts mail and keeps portal messages queued until the store is back."""

@@ -426,9 +426,12 @@ def test_postgres_unreachable_is_a_store_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        store = store_pg.PostgresStore(f"postgresql://u:secretpw@127.0.0.1:{port}/db",
+                                       connect_timeout=2)  # connects lazily: no error yet
         with pytest.raises(StoreError) as err:
-            store_pg.PostgresStore(f"postgresql://u:secretpw@127.0.0.1:{port}/db",
-                                   connect_timeout=2)
+            store.check()
+        with pytest.raises(StoreError):
+            store.pickup("p1")
     assert "secretpw" not in str(err.value)
 
 
