@@ -103,6 +103,8 @@ class TlsConfig:
 class LogConfig:
     audit_file: Path
     stdout: bool
+    hmac_key_file: Path  # the audit chain's HMAC key, generated (0600) on first use
+    rotate_size: int = 0  # start a new audit file (the chain continues) past this size; 0 = off
 
 
 @dataclass(frozen=True)
@@ -571,10 +573,14 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
     )
     if (tls.cert is None) != (tls.key is None):
         chk.fail("tls", "set both tls.cert and tls.key, or neither (one is generated)")
-    log_d = chk.section(top.get("log"), "log", ["audit_file", "stdout"])
+    log_d = chk.section(top.get("log"), "log",
+                        ["audit_file", "stdout", "hmac_key_file", "rotate_size"])
     log = LogConfig(
         audit_file=chk.get(log_d, "log", "audit_file", var_path, var / "log" / "audit.jsonl"),
         stdout=chk.get(log_d, "log", "stdout", _bool, True),
+        hmac_key_file=chk.get(log_d, "log", "hmac_key_file", var_path, var / "audit.key"),
+        rotate_size=0 if log_d.get("rotate_size") in (0, "0") else
+        chk.get(log_d, "log", "rotate_size", _size, 0),
     )
     hostname = chk.get(top, "", "hostname", _domain, _default_hostname())
     organisation = chk.get(top, "", "organisation", _string, "phigate")
