@@ -129,33 +129,42 @@ _TITLE = re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Mx)\.?[ \t]+([A-Z][A-Za-z'-]*)")
 _LINE_NOT_PATIENT = re.compile("|".join(
     f"(?:{rx.pattern})" for rx in (_CLINICIAN_BEFORE, _ROLE_LABEL_BEFORE, _SALUTATION_BEFORE,
                                    _NUMBER_BEFORE)), re.I)
-# Every alternative of _LINE_NOT_PATIENT ends the line: with a title ("Dr."), a label's
-# punctuation ("Prescriber:"), "by", "call", "covering", "copying", a greeting ("Dear") or a
-# house number ("42 "). Searching a line costs microseconds (the role list); these last words
-# say cheaply when it cannot match.
-_LINE_END_WORDS = frozenset({
-    "dr", "doctor", "prof", "professor", "nurse", "rev", "by", "call", "covering", "cc'ing",
-    "ccing", "ing", "copying", "dear", "hi", "hello", "hey", "greetings", "attn", "attention",
-    "morning", "afternoon", "evening", "n", "s", "e", "w",
-})
+# Every alternative of _LINE_NOT_PATIENT ends the line: a title ("Dr."), a label's punctuation
+# ("Prescriber:"), "by", "call", "covering", "copying", a greeting ("Dear") or a house number
+# ("42 "). Searching a line for all of them costs microseconds (the role list is long); the
+# line's last word or character says which one, if any, can match.
+_CLINICIAN_END = frozenset({"dr", "doctor", "prof", "professor", "nurse", "rev"})
+_ROLE_END = frozenset({"by", "call", "covering", "ccing", "ing", "copying"})  # "cc'ing": "ing"
+_GREETING_END = frozenset({"dear", "hi", "hello", "hey", "greetings", "attn", "attention",
+                           "morning", "afternoon", "evening"})
+_NUMBER_BEFORE_I = re.compile(_NUMBER_BEFORE.pattern, re.I)  # as in _LINE_NOT_PATIENT
 _LAST_ALNUM = re.compile(r"[A-Za-z0-9]+$")
 
 
 def _line_not_patient(line: str) -> bool:
-    """``_LINE_NOT_PATIENT.search(line)``, answered without searching for most lines."""
+    """``_LINE_NOT_PATIENT.search(line)``, searching only with the alternative that can end
+    the line."""
     core = line.rstrip()
     if not core:
         return False
-    if core[-1] not in ":#,-" and core.isascii():  # (re.I folds a few non-ASCII letters)
-        if core[-1] == ".":
-            core = core[:-1]
-        alnum = _LAST_ALNUM.search(core)
-        if alnum is None:
-            return False
-        tail = alnum.group()
-        if not (tail[0].isdigit() or tail.lower() in _LINE_END_WORDS):  # "cc'ing": "ing"
-            return False
-    return _LINE_NOT_PATIENT.search(line) is not None
+    if not core.isascii():  # re.I folds a few non-ASCII letters onto ASCII ones
+        return _LINE_NOT_PATIENT.search(line) is not None
+    last = core[-1]
+    if last in ":#,-":
+        return bool(_ROLE_LABEL_BEFORE.search(line) or _SALUTATION_BEFORE.search(line))
+    alnum = _LAST_ALNUM.search(core[:-1] if last == "." else core)
+    if alnum is None:
+        return False
+    tail = alnum.group().lower()
+    if tail in _CLINICIAN_END:
+        return _CLINICIAN_BEFORE.search(line) is not None
+    if tail in _ROLE_END:
+        return _ROLE_LABEL_BEFORE.search(line) is not None
+    if tail in _GREETING_END:
+        return _SALUTATION_BEFORE.search(line) is not None
+    if tail[0].isdigit() or tail in ("n", "s", "e", "w"):
+        return _NUMBER_BEFORE_I.search(line) is not None
+    return False
 
 
 # "Jane Roe, Diabetes Educator", "Jane Roe\nRN Care Manager": a job title after the name
