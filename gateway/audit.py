@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+import mmap
 import os
 import sys
 import threading
@@ -393,10 +394,14 @@ class AuditChain:
     def __init__(self, path: Path, key: bytes, rotate_size: int = 0) -> None:
         self.path = path
         self._key = key
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)  # keyed once, copied per line
+        self._state_raw = b""  # the state as this process last wrote it, and decoded
+        self._state: ChainState | None = None
         self._rotate_size = rotate_size
         self._lock = threading.Lock()
         self._fd = -1
         self._sfd = -1
+        self._smap: mmap.mmap | None = None  # the state, shared: no syscall to read or write it
         self._pid = -1
         self._file_id = (0, 0)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -405,6 +410,14 @@ class AuditChain:
     def _open(self) -> None:
         self.close()
         self._sfd = os.open(state_file(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fcntl.flock(self._sfd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(self._sfd).st_size < _STATE_SIZE:
+                os.ftruncate(self._sfd, _STATE_SIZE)
+        finally:
+            fcntl.flock(self._sfd, fcntl.LOCK_UN)
+        self._smap = mmap.mmap(self._sfd, _STATE_SIZE)
+        self._state_raw = b""
         self._open_file()
         self._pid = os.getpid()
 
@@ -418,6 +431,10 @@ class AuditChain:
         return st
 
     def close(self) -> None:
+        if self._smap is not None:
+            with contextlib.suppress(BufferError, ValueError):
+                self._smap.close()
+            self._smap = None
         for fd in (self._fd, self._sfd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -445,7 +462,9 @@ class AuditChain:
             st = None
         if st is None or (st.st_dev, st.st_ino) != self._file_id:
             st = self._open_file()  # moved away (logrotate) or deleted: continue in a new file
-        state = ChainState.decode(os.pread(self._sfd, _STATE_SIZE, 0))
+        assert self._smap is not None
+        raw = self._smap[:_STATE_SIZE]
+        state = self._state if raw == self._state_raw else ChainState.decode(raw)
         seq, mac, first, prev_file = self._previous(st, state)
         if self._rotate_size and st.st_size and st.st_size + len(data) > self._rotate_size:
             prev_file = self._rotate()
@@ -458,11 +477,15 @@ class AuditChain:
             if prev_file is not None:
                 extra += ',"log.prev_file":' + json.dumps(prev_file)
         body = data[:-2] + extra.encode("ascii")
-        new_mac = chain_mac(self._key, mac, body)
+        h = self._mac.copy()
+        h.update(mac.encode("ascii") + b"\n")
+        h.update(body)
+        new_mac = h.hexdigest()  # == chain_mac(key, mac, body)
         line = body + MAC_FIELD + new_mac.encode("ascii") + b'"}\n'
         written = os.write(self._fd, line)
-        os.pwrite(self._sfd, ChainState(st.st_dev, st.st_ino, st.st_size + written, seq,
-                                        new_mac).encode(), 0)
+        self._state = ChainState(st.st_dev, st.st_ino, st.st_size + written, seq, new_mac)
+        self._state_raw = self._state.encode()
+        self._smap[:_STATE_SIZE] = self._state_raw
         return line
 
     def _previous(self, st: os.stat_result,
