@@ -37,6 +37,7 @@ from .policy import DeliverPolicy, Policy
 from .routing import Router, make_resolver
 from .smtpclient import SmtpSender
 from .spool import Spool
+from .tlspolicy import TlsPolicy
 from .tlsutil import ensure_dkim_key, ensure_self_signed, server_context
 from .users import UserDB
 
@@ -152,6 +153,7 @@ class Gateway:
         self._stopped = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self.portal: PortalService | None = None
+        self.tls_policy: TlsPolicy | None = None
 
     def _state(self, config: Config) -> IntakeState:
         users = UserDB.load(config.auth.users_file)
@@ -195,8 +197,10 @@ class Gateway:
         self.spool.ensure()
         state = self._state(cfg)
         self.router = Router(cfg, make_resolver(cfg), clock)
+        self.tls_policy = TlsPolicy(cfg, self.router.resolver, clock)
         sender = SmtpSender(cfg.hostname, cfg.delivery.connect_timeout,
-                            cfg.delivery.command_timeout, cfg.delivery.idle_connection)
+                            cfg.delivery.command_timeout, cfg.delivery.idle_connection,
+                            capabilities=self.tls_policy.capabilities)
         if cfg.portal.enabled:
             from portal.service import PortalService
 
@@ -204,7 +208,8 @@ class Gateway:
         self.delivery = Delivery(cfg, self.spool, self.audit, self.router, sender, clock,
                                  scanner=self.worker == 0,
                                  portal=self.portal.rewriter if self.portal else None,
-                                 signer=Signer.from_config(cfg, clock))
+                                 signer=Signer.from_config(cfg, clock),
+                                 tls_policy=self.tls_policy)
         guard = AuthGuard(cfg.auth.max_failures, cfg.auth.failure_window, cfg.auth.lockout,
                           cfg.auth.tarpit, clock, cfg.auth.ip_failure_factor)
         tls_ctx = server_context(self.cert, self.key)
@@ -277,6 +282,9 @@ class Gateway:
             self.delivery.config = new
             self.router.config = new
             self.router.resolver = make_resolver(new)
+            if self.tls_policy is not None:
+                self.tls_policy.config = new  # caches (MTA-STS, capabilities) are kept
+                self.tls_policy.resolver = self.tls_policy.sts.resolver = self.router.resolver
         self.audit.emit("config.reloaded", {"config.file": str(self.config_path),
                                             "event.outcome": "success",
                                             "process.worker": self.worker})

@@ -97,6 +97,27 @@ class DnsConfig:
 class TlsConfig:
     cert: Path | None
     key: Path | None
+    # outbound (see gateway/tlspolicy.py)
+    policy_file: Path | None  # per-destination levels, conf/tls_policy.yaml
+    policies: Mapping[str, DestinationTls] = field(default_factory=dict)
+    ca_file: Path | None = None  # extra CAs for `verify` and MTA-STS fetches
+    mta_sts: bool = True
+    mta_sts_port: int = 443  # where mta-sts.DOMAIN is fetched (tests use another port)
+    dane: bool = True
+    fallback_after: float = 0.0  # PHI to a destination short of TLS: portal after this long
+    capability_ttl: float = 3600.0
+
+
+TLS_LEVELS = ("none", "may", "encrypt", "verify", "dane", "portal")
+
+
+@dataclass(frozen=True)
+class DestinationTls:
+    """One line of the TLS policy file (Postfix's smtp_tls_policy_maps)."""
+
+    level: str  # one of TLS_LEVELS
+    match: tuple[str, ...] = ()  # names the certificate must carry (`verify`); default MX name
+    source: str = ""  # file:line, for logs and `tls probe`
 
 
 @dataclass(frozen=True)
@@ -566,10 +587,21 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         port=chk.get(dns_d, "dns", "port", _positive(int), 53),
         timeout=chk.get(dns_d, "dns", "timeout", _duration, 5.0),
     )
-    tls_d = chk.section(top.get("tls"), "tls", ["cert", "key"])
+    tls_d = chk.section(top.get("tls"), "tls", [
+        "cert", "key", "policy_file", "ca_file", "mta_sts", "mta_sts_port", "dane",
+        "fallback_after", "capability_ttl"])
+    policy_file = chk.get(tls_d, "tls", "policy_file", conf_path, base / "tls_policy.yaml")
     tls = TlsConfig(
         cert=chk.get(tls_d, "tls", "cert", conf_path, None),
         key=chk.get(tls_d, "tls", "key", conf_path, None),
+        policy_file=policy_file,
+        policies=_tls_policies(policy_file, chk) if policy_file is not None else {},
+        ca_file=chk.get(tls_d, "tls", "ca_file", conf_path, None),
+        mta_sts=chk.get(tls_d, "tls", "mta_sts", _bool, True),
+        mta_sts_port=chk.get(tls_d, "tls", "mta_sts_port", _port, 443),
+        dane=chk.get(tls_d, "tls", "dane", _bool, True),
+        fallback_after=chk.get(tls_d, "tls", "fallback_after", _duration_or_zero, 0.0),
+        capability_ttl=chk.get(tls_d, "tls", "capability_ttl", _duration, 3600.0),
     )
     if (tls.cert is None) != (tls.key is None):
         chk.fail("tls", "set both tls.cert and tls.key, or neither (one is generated)")
@@ -708,6 +740,56 @@ def _dkim(data: Any, chk: _Checker, conf_path: Callable[[Any], Path]) -> DkimCon
         rotate_grace=chk.get(dkim_d, "dkim", "rotate_grace", _duration, 7 * 86400.0),
         domains=domains,
     )
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError(f"expected a port 1-65535, got {value!r}")
+    return value
+
+
+def _duration_or_zero(value: Any) -> float:
+    return 0.0 if value in (0, "0", "0s") else _duration(value)
+
+
+def _tls_policies(path: Path, outer: _Checker) -> dict[str, DestinationTls]:
+    """conf/tls_policy.yaml: ``policies: {DOMAIN: {level: ..., match: [...]}}``; ``.DOMAIN``
+    covers subdomains. A missing file is no policy (every destination uses the default)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        outer.problems.append(f"{path}:1: cannot read: {exc.strerror}")
+        return {}
+    try:
+        data, lines = _load_with_lines(text, str(path))
+    except ConfigError as err:
+        outer.problems.extend(err.problems)
+        return {}
+    chk = _Checker(str(path), lines, {})
+    top = chk.section(data, "", ["policies"])
+    raw = top.get("policies") or {}
+    out: dict[str, DestinationTls] = {}
+    if not isinstance(raw, dict):
+        chk.fail("policies", "expected a mapping of DOMAIN: {level: ...}")
+        raw = {}
+    for domain, entry in raw.items():
+        where = f"policies.{domain}"
+        if isinstance(entry, str):
+            entry = {"level": entry}
+        d = chk.section(entry, where, ["level", "match"])
+        if "level" not in d:
+            chk.fail(where, f"set a level (one of: {', '.join(TLS_LEVELS)})")
+            continue
+        level = chk.get(d, where, "level", _choice(*TLS_LEVELS), "")
+        if not level:
+            continue
+        match: tuple[str, ...] = chk.get(d, where, "match", _list(_string), ())
+        key = str(domain).lower().rstrip(".")
+        out[key] = DestinationTls(level, tuple(m.lower() for m in match), chk.where(where))
+    outer.problems.extend(chk.problems)
+    return out
 
 
 def _nonneg_int(value: Any) -> int:

@@ -27,6 +27,7 @@ from .model import DeliveryStatus, Envelope, RecipientStatus, RecipientVerdict, 
 from .routing import Route, RouteError, Router
 from .smtpclient import Outcome, SmtpSender, Transaction
 from .spool import Header, Spool, SpoolError
+from .tlspolicy import Published, Requirement, TlsPolicy, needed
 
 if TYPE_CHECKING:
     from portal.rewrite import Rewritten
@@ -80,6 +81,7 @@ class Delivery:
         scanner: bool = True,
         portal: Rewriter | None = None,
         signer: Signer | None = None,
+        tls_policy: TlsPolicy | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
@@ -90,6 +92,7 @@ class Delivery:
         self.scanner = scanner
         self.portal = portal
         self.signer = signer
+        self.tls_policy = tls_policy
         self._queue: asyncio.Queue[tuple[str, str, Handoff | None]] = asyncio.Queue()
         self._deferred: list[tuple[float, str]] = []
         self._dest_sems: dict[str, asyncio.Semaphore] = defaultdict(
@@ -258,9 +261,11 @@ class Delivery:
 
         # Group recipients by route and TLS requirement; routing errors and actions that
         # cannot be carried out decide those recipients at once.
-        groups: dict[tuple[str, bool], tuple[Route, list[str]]] = {}
-        notices: list[tuple[Route, str, bytes]] = []  # portal notifications, one per recipient
+        groups: list[tuple[Route, Requirement, list[str]]] = []
+        to_portal: list[tuple[Route, str]] = []
         outcomes: list[Outcome] = []
+        required: dict[str, Requirement] = {}
+        published: dict[str, Published] = {}
         verdict = header.verdict
         for rcpt in pending:
             action = verdict.action_for(rcpt).action
@@ -277,34 +282,80 @@ class Delivery:
                 outcomes.append(Outcome(rcpt, code, f"{err.status} {err.text}", None, None))
                 continue
             if action in PORTAL_ACTIONS:
-                notice = await self._to_portal(qid, env, data, rcpt)
-                if isinstance(notice, Outcome):
-                    outcomes.append(notice)
-                else:
-                    notices.append((route, rcpt, notice))
+                to_portal.append((route, rcpt))
                 continue
-            need_tls = action == "require_tls"
-            groups.setdefault((route.key, need_tls), (route, []))[1].append(rcpt)
+            pub = await self._published(published, _domain(rcpt), route)
+            if action == "require_tls" and pub.portal:
+                # the admin's `portal` level: PHI for this domain never goes directly
+                self._fallback(qid, rcpt, "tls policy: portal for this domain")
+                to_portal.append((route, rcpt))
+                continue
+            req = required[rcpt] = needed(pub, action)
+            for g_route, g_req, g_rcpts in groups:
+                if g_route.key == route.key and g_req == req:
+                    g_rcpts.append(rcpt)
+                    break
+            else:
+                groups.append((route, req, [rcpt]))
 
-        async def send_group(route: Route, rcpts: list[str], need_tls: bool,
+        async def send_group(route: Route, rcpts: list[str], req: Requirement,
                              body: bytes) -> list[Outcome]:
-            tx = Transaction(env.mail_from, rcpts, body, env.smtputf8, env.body_8bit, need_tls)
+            tx = Transaction(env.mail_from, rcpts, body, env.smtputf8, env.body_8bit, req)
             async with self._dest_sems[route.key]:
                 return await self.sender.send(route, tx)
 
         # DKIM signing is the last transform: the message once for all its groups, each
         # portal notification on its own
+        original = data
         if groups:
             data = await self._sign(qid, env, data)
-        notices = [(r, rcpt, await self._sign(qid, env, body)) for r, rcpt, body in notices]
-        # the notification carries no PHI, so it may travel with opportunistic TLS
-        results = await asyncio.gather(
-            *(send_group(r, rc, key[1], data) for key, (r, rc) in groups.items()),
-            *(send_group(r, [rcpt], False, body) for r, rcpt, body in notices))
+        results = await asyncio.gather(*(send_group(r, rc, req, data) for r, req, rc in groups))
+        # PHI whose destination could not meet the TLS requirement: to the portal (at once,
+        # or after tls.fallback_after of retrying), never in clear
+        routes = {rc: r for r, _, rcs in groups for rc in rcs}
+        late = self.clock() - env.received_at >= self.config.tls.fallback_after
         for group in results:
+            for o in group:
+                if (o.tls_failure and late and self.portal is not None
+                        and verdict.action_for(o.recipient).action == "require_tls"):
+                    self._fallback(qid, o.recipient, o.tls_failure)
+                    to_portal.append((routes[o.recipient], o.recipient))
+                else:
+                    outcomes.append(o)
+        notices: list[tuple[Route, str, bytes, Requirement]] = []
+        for route, rcpt in to_portal:
+            notice = await self._to_portal(qid, env, original, rcpt)
+            if isinstance(notice, Outcome):
+                outcomes.append(notice)
+                continue
+            # the notification carries no PHI: opportunistic TLS, but a destination's
+            # published MTA-STS or DANE policy still holds
+            pub = await self._published(published, _domain(rcpt), route)
+            req = required[rcpt] = needed(pub, "deliver")
+            notices.append((route, rcpt, await self._sign(qid, env, notice), req))
+        for group in await asyncio.gather(*(send_group(r, [rcpt], req, body)
+                                            for r, rcpt, body, req in notices)):
             outcomes.extend(group)
         duration = self.clock() - started
-        self._finish(qid, header.kind, env, data, status, outcomes, attempt_no, duration)
+        self._finish(qid, header.kind, env, data, status, outcomes, attempt_no, duration,
+                     required)
+
+    async def _published(self, cache: dict[str, Published], domain: str,
+                         route: Route) -> Published:
+        pub = cache.get(domain)
+        if pub is None:
+            if self.tls_policy is None:
+                pub = Published(Requirement("may"))
+            else:
+                hosts = tuple(dict.fromkeys(h.name for h in route.hops))
+                pub = await self.tls_policy.published(domain, hosts, route.source)
+            cache[domain] = pub
+        return pub
+
+    def _fallback(self, qid: str, rcpt: str, reason: str) -> None:
+        self.audit.emit("tls.fallback", {"email.local_id": qid, "email.to.address": rcpt,
+                                         "event.reason": reason[:200],
+                                         "verdict.action": "portal"})
 
     async def _sign(self, qid: str, env: Envelope, data: bytes) -> bytes:
         if self.signer is None:
@@ -336,7 +387,8 @@ class Delivery:
         return done.notification
 
     def _finish(self, qid: str, kind: str, env: Envelope, data: bytes, status: DeliveryStatus,
-                outcomes: list[Outcome], attempt_no: int, duration: float) -> None:
+                outcomes: list[Outcome], attempt_no: int, duration: float,
+                required: dict[str, Requirement] | None = None) -> None:
         by_rcpt = {o.recipient: o for o in outcomes}
         new_statuses: list[RecipientStatus] = []
         failed: list[FailedRecipient] = []
@@ -345,7 +397,7 @@ class Delivery:
             if o is None:
                 new_statuses.append(rs)
                 continue
-            self._log_outcome(qid, o, attempt_no, duration)
+            self._log_outcome(qid, o, attempt_no, duration, (required or {}).get(o.recipient))
             state = {"delivered": "delivered", "bounced": "bounced"}.get(o.kind, "pending")
             new_statuses.append(RecipientStatus(rs.recipient, state, rs.attempts + 1,
                                                 o.code, o.reply[:300]))
@@ -399,7 +451,8 @@ class Delivery:
         return FailedRecipient(o.recipient, status_for(o.code, o.reply), diag,
                                o.hop.name if o.hop else None)
 
-    def _log_outcome(self, qid: str, o: Outcome, attempt_no: int, duration: float) -> None:
+    def _log_outcome(self, qid: str, o: Outcome, attempt_no: int, duration: float,
+                     req: Requirement | None = None) -> None:
         fields: dict[str, Any] = {
             "email.local_id": qid,
             "email.to.address": o.recipient,
@@ -416,6 +469,10 @@ class Delivery:
                            "destination.port": o.hop.port})
         if o.tls is not None:
             fields.update({"tls.version": o.tls.version, "tls.cipher": o.tls.cipher})
+        if req is not None:
+            fields.update({"tls.required": req.level, "tls.policy_source": req.source})
+        if o.tls_failure:
+            fields["tls.failure"] = o.tls_failure[:200]
         self.audit.emit(f"delivery.{o.kind}", fields)
 
     def _bounce(self, qid: str, kind: str, env: Envelope, data: bytes,

@@ -43,12 +43,16 @@ def test_phi_requires_tls_per_recipient(gateway_factory, sink, tls_sink):
     qid = reply.split()[-1].decode()
     got = tls_sink.wait_for(1)
     assert got[0].tls and got[0].rcpt_tos == ["carol@secure.test"]
-    ev = gw.wait_event(lambda e: e["event.action"] == "message.deferred"
-                       and e.get("email.local_id") == qid)
-    assert ev["email.to.address"] == ["bob@plain.test"]
-    assert sink.messages == []  # never in clear
-    dv = [e for e in gw.events() if e["event.action"] == "delivery.deferred"]
-    assert dv and "4.7.5 TLS required" in dv[0]["smtp.reply"]
+    # bob's server offers no TLS: he gets a portal notification, never the PHI in clear
+    note = sink.wait_for(1)[0]
+    assert note.rcpt_tos == ["bob@plain.test"] and b"Secure message from" in note.data
+    for value in (b"Testperson", b"03/04/1971", b"00123456", b"referral"):
+        assert value not in note.data
+    fb = gw.wait_event(lambda e: e["event.action"] == "tls.fallback")
+    assert fb["email.local_id"] == qid and "STARTTLS" in fb["event.reason"]
+    ok = gw.wait_event(lambda e: e["event.action"] == "delivery.delivered"
+                       and e["email.to.address"] == "carol@secure.test")
+    assert ok["tls.required"] == "encrypt" and ok["tls.version"].startswith("TLSv1.")
     verdict = next(e for e in gw.events() if e["event.action"] == "message.verdict")
     assert verdict["phi.detected"] is True
     types = {f["type"] for f in verdict["phi.findings"]}
@@ -58,6 +62,21 @@ def test_phi_requires_tls_per_recipient(gateway_factory, sink, tls_sink):
     logs = (gw.var / "log" / "audit.jsonl").read_text() + gw.out.read_text()
     for value in ("Testperson", "03/04/1971", "00123456", "9.1%"):
         assert value not in logs
+
+
+def test_tls_fallback_can_wait(gateway_factory, sink):
+    """With tls.fallback_after set, PHI to a destination without TLS is retried first."""
+    gw = gateway_factory("rules.enabled=true", "tls.fallback_after=1h",
+                         transport={"plain.test": sink.port})
+    code, reply = _send(gw.relay, ["bob@plain.test"], "referral", PHI_BODY)
+    assert code == 250
+    qid = reply.split()[-1].decode()
+    ev = gw.wait_event(lambda e: e["event.action"] == "message.deferred"
+                       and e.get("email.local_id") == qid)
+    assert ev["email.to.address"] == ["bob@plain.test"]
+    dv = gw.wait_event(lambda e: e["event.action"] == "delivery.deferred")
+    assert "4.7.5 TLS required" in dv["smtp.reply"] and dv["tls.required"] == "encrypt"
+    assert sink.messages == []  # never in clear, and no notification yet
 
 
 def test_clean_mail_is_delivered_and_secure_keyword_is_held(gateway_factory, sink):
