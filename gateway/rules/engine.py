@@ -261,6 +261,9 @@ def _is_word_char(b: int) -> bool:
     return (48 <= b <= 57) or (65 <= b <= 90) or (97 <= b <= 122) or b >= 128
 
 
+_WORD_BYTE = tuple(_is_word_char(b) for b in range(256))  # the same, as a table
+
+
 # --------------------------------------------------------------------------- tables
 
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
@@ -581,33 +584,48 @@ class Engine:
 
     # ------------------------------------------------------------------ scanning
 
-    def _scan(self, data: bytes) -> tuple[dict[tuple[int, int], list[int]],
-                                          list[tuple[int, int, int]]]:
-        """Regex candidates {(spec, start): [ends]} and literal hits."""
-        regex: dict[tuple[int, int], list[int]] = {}
-        literal: list[tuple[int, int, int]] = []
+    def _scan(self, data: bytes) -> tuple[list[tuple[int, int, list[int]]],
+                                          dict[int, list[int]]]:
+        """Candidates [(spec, start, [ends])] in the order found (the literal database's
+        first) and the start offsets of each context word found (in increasing order: one
+        literal has one length, and matches come in the order they end)."""
+        candidates: list[tuple[int, int, list[int]]] = []
+        add = candidates.append
+        context_pos: dict[int, list[int]] = {}
+        index: dict[tuple[int, int], list[int]] = {}
         owner: list[int] = []
+        literal_owner = self._literal_owner
+        word = _WORD_BYTE
+        n = len(data)
 
         def on_regex(eid: int, start: int, end: int, flags: int, ctx: object) -> None:
             key = (owner[eid], start)
-            ends = regex.get(key)
+            ends = index.get(key)
             if ends is None:
-                regex[key] = [end]
+                index[key] = ends = [end]
+                add((key[0], start, ends))
             else:
                 ends.append(end)
 
         def on_literal(lid: int, start: int, end: int, flags: int, ctx: object) -> None:
             # literal mode has no \b: require word boundaries here
-            if (start == 0 or not _is_word_char(data[start - 1])) and (
-                    end >= len(data) or not _is_word_char(data[end])):
-                literal.append((lid, start, end))
+            if (start == 0 or not word[data[start - 1]]) and (end >= n or not word[data[end]]):
+                spec_i, is_context = literal_owner[lid]
+                if is_context:
+                    got = context_pos.get(lid)
+                    if got is None:
+                        context_pos[lid] = [start]
+                    else:
+                        got.append(start)
+                else:
+                    add((spec_i, start, [end]))
 
+        if self._literal_db is not None:
+            self._literal_db.scan(data, match_event_handler=on_literal)
         for db, owners in self._regex_dbs:
             owner = owners
             db.scan(data, match_event_handler=on_regex)
-        if self._literal_db is not None:
-            self._literal_db.scan(data, match_event_handler=on_literal)
-        return regex, literal
+        return candidates, context_pos
 
     def analyse(self, chunks: Sequence[Chunk]) -> Analysis:
         # The same text twice (a text/plain body and its text/html alternative, a file
@@ -635,19 +653,9 @@ class Engine:
             parts.append(b)
             pos += len(b) + 3
         data = b"\n\x00\n".join(parts)
-        regex, literal = self._scan(data)
-
-        context_pos: dict[int, list[int]] = {}
-        candidates: list[tuple[int, int, list[int]]] = []
-        for lid, start, end in literal:
-            spec_i, is_context = self._literal_owner[lid]
-            if is_context:
-                context_pos.setdefault(lid, []).append(start)
-            else:
-                candidates.append((spec_i, start, [end]))
+        candidates, context_pos = self._scan(data)
         for positions in context_pos.values():
-            positions.sort()
-        candidates.extend((spec_i, start, ends) for (spec_i, start), ends in regex.items())
+            positions.sort()  # (already in order but for ties Hyperscan does not promise it)
         tables = _Tables(data)
         correspondents: list[frozenset[str]] | None = None
         hits: list[Hit] = []
@@ -694,8 +702,8 @@ class Engine:
                 # name patterns match whole runs of capitalised words and their validators
                 # look inside the run: a shorter run would only cut a name (and its
                 # credential) short
-                if longest >= n or not (_is_word_char(data[longest])
-                                        and _is_word_char(data[longest - 1])):
+                if longest >= n or not (_WORD_BYTE[data[longest]]
+                                        and _WORD_BYTE[data[longest - 1]]):
                     tried: Sequence[int] = (longest,) if nameish or len(ends) == 1 else (
                         _word_ends(data, ends, 3))
                 else:
@@ -755,7 +763,7 @@ def _word_ends(data: bytes, ends: list[int], tries: int = 3) -> list[int]:
     out = []
     n = len(data)
     for e in sorted(set(ends), reverse=True):
-        if e < n and e > 0 and _is_word_char(data[e]) and _is_word_char(data[e - 1]):
+        if e < n and e > 0 and _WORD_BYTE[data[e]] and _WORD_BYTE[data[e - 1]]:
             continue
         out.append(e)
         if len(out) == tries:
