@@ -93,6 +93,12 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "portal.expires": (str,),
     "portal.attachment": (int,),
     "portal.failures": (int,),
+    "encrypt.method": (str,),  # pgp | smime
+    "encrypt.key_fingerprint": (str,),  # OpenPGP fingerprint or certificate SHA-256
+    "encrypt.algorithm": (str,),  # openpgp | aes-256-gcm | aes-256-cbc
+    "encrypt.signed": (bool,),
+    "encrypt.key_source": (str,),  # keyring | smime_dir | wkd
+    "encrypt.key_problem": (str,),  # none | expired | revoked | unusable | error
 }
 
 # Remote SMTP replies can quote an address back; they never carry our message content,

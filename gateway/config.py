@@ -182,6 +182,42 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class EncryptSign:
+    """The organisation's key for signing encrypted mail (optional, each kind on its own)."""
+
+    pgp_key: str | None = None  # fingerprint of a secret key in encrypt.keyring
+    pgp_passphrase_file: Path | None = None
+    smime_cert: Path | None = None
+    smime_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class WkdConfig:
+    enabled: bool = False
+    cache_dir: Path = Path("var/wkd")
+    cache_ttl: float = 86400.0
+    negative_ttl: float = 3600.0
+    timeout: float = 10.0
+    port: int = 443  # tests use another port
+    ca_file: Path | None = None  # a private CA (tests); default: the system's
+
+
+@dataclass(frozen=True)
+class EncryptConfig:
+    """OpenPGP and S/MIME for the ``encrypt`` action (gateway/encrypt/)."""
+
+    keyring: Path = Path("var/gnupg")  # GnuPG home of recipients' keys
+    smime_dir: Path = Path("var/smime")  # recipients' certificates
+    protect_subject: bool = True  # outer Subject "...", the real one inside
+    smime_gcm: tuple[str, ...] = ()  # addresses or domains whose clients read AES-256-GCM
+    notify_sender: bool = True  # tell the sender when a key exists but is expired/revoked
+    sign: EncryptSign = EncryptSign()
+    wkd: WkdConfig = WkdConfig()
+    gpg: str = "gpg"
+    openssl: str = "openssl"
+
+
+@dataclass(frozen=True)
 class Paths:
     var: Path
 
@@ -210,6 +246,7 @@ class Config:
     workers: int
     rules: RulesConfig
     dkim: DkimConfig = DkimConfig("phigate", 7 * 86400.0, {})
+    encrypt: EncryptConfig = EncryptConfig()
     outbound_addresses: tuple[str, ...] = ()  # as receivers see them; `dns check` tests SPF
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
@@ -483,7 +520,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         [
             "hostname", "organisation", "domains", "trusted_networks", "listen", "smtp", "auth",
             "delivery", "dns", "tls", "log", "portal", "metrics", "paths", "workers",
-            "rules", "dkim", "ratelimit", "audit", "outbound_addresses",
+            "rules", "dkim", "ratelimit", "audit", "outbound_addresses", "encrypt",
         ],
     )
     paths_d = chk.section(top.get("paths"), "paths", ["var"])
@@ -669,6 +706,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         worker_memory_mb=chk.get(rules_d, "rules", "worker_memory_mb", _nonneg_int, 0),
     )
     dkim = _dkim(top.get("dkim"), chk, conf_path)
+    encrypt = _encrypt(top.get("encrypt"), chk, var, var_path, conf_path)
     cfg = Config(
         source=source,
         hostname=hostname,
@@ -691,6 +729,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         workers=chk.get(top, "", "workers", _workers, 1),
         rules=rules,
         dkim=dkim,
+        encrypt=encrypt,
         outbound_addresses=chk.get(top, "", "outbound_addresses", _list(_ip_text), ()),
         raw=top,
     )
@@ -698,6 +737,56 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         if not cfg.is_own_domain(name):
             chk.fail(f"dkim.domains.{name}", f"'{name}' is not one of domains (or a subdomain)")
     return None if chk.problems else cfg
+
+
+def _encrypt(data: Any, chk: _Checker, var: Path, var_path: Callable[[Any], Path],
+             conf_path: Callable[[Any], Path]) -> EncryptConfig:
+    d = chk.section(data, "encrypt", ["keyring", "smime_dir", "protect_subject", "smime_gcm",
+                                      "notify_sender", "sign", "wkd", "gpg", "openssl"])
+    s = chk.section(d.get("sign"), "encrypt.sign",
+                    ["pgp_key", "pgp_passphrase_file", "smime_cert", "smime_key"])
+    w = chk.section(d.get("wkd"), "encrypt.wkd", ["enabled", "cache_dir", "cache_ttl",
+                                                  "negative_ttl", "timeout", "port", "ca_file"])
+
+    def fingerprint(value: Any) -> str:
+        text = _string(value).replace(" ", "").upper()
+        if len(text) not in (40, 64) or any(c not in "0123456789ABCDEF" for c in text):
+            raise ValueError(f"expected an OpenPGP fingerprint (40 hex digits), got {value!r}")
+        return text
+
+    def gcm_entry(value: Any) -> str:
+        text = _string(value).lower()
+        return _address(text) if "@" in text.lstrip("@") else _domain(text.lstrip("@"))
+
+    sign = EncryptSign(
+        pgp_key=chk.get(s, "encrypt.sign", "pgp_key", fingerprint, None),
+        pgp_passphrase_file=chk.get(s, "encrypt.sign", "pgp_passphrase_file", conf_path, None),
+        smime_cert=chk.get(s, "encrypt.sign", "smime_cert", conf_path, None),
+        smime_key=chk.get(s, "encrypt.sign", "smime_key", conf_path, None),
+    )
+    if (sign.smime_cert is None) != (sign.smime_key is None):
+        chk.fail("encrypt.sign", "set both smime_cert and smime_key, or neither")
+    wkd = WkdConfig(
+        enabled=chk.get(w, "encrypt.wkd", "enabled", _bool, False),
+        cache_dir=chk.get(w, "encrypt.wkd", "cache_dir", var_path, var / "wkd"),
+        cache_ttl=chk.get(w, "encrypt.wkd", "cache_ttl", _duration, 86400.0),
+        negative_ttl=chk.get(w, "encrypt.wkd", "negative_ttl", _duration, 3600.0),
+        timeout=chk.get(w, "encrypt.wkd", "timeout", _duration, 10.0),
+        port=chk.get(w, "encrypt.wkd", "port", _positive(int), 443),
+        ca_file=chk.get(w, "encrypt.wkd", "ca_file", conf_path, None),
+    )
+    gcm: tuple[str, ...] = chk.get(d, "encrypt", "smime_gcm", _list(gcm_entry), ())
+    return EncryptConfig(
+        keyring=chk.get(d, "encrypt", "keyring", var_path, var / "gnupg"),
+        smime_dir=chk.get(d, "encrypt", "smime_dir", var_path, var / "smime"),
+        protect_subject=chk.get(d, "encrypt", "protect_subject", _bool, True),
+        smime_gcm=gcm,
+        notify_sender=chk.get(d, "encrypt", "notify_sender", _bool, True),
+        sign=sign,
+        wkd=wkd,
+        gpg=chk.get(d, "encrypt", "gpg", _string, "gpg"),
+        openssl=chk.get(d, "encrypt", "openssl", _string, "openssl"),
+    )
 
 
 def _selector(value: Any) -> str:
