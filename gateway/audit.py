@@ -93,6 +93,18 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "portal.expires": (str,),
     "portal.attachment": (int,),
     "portal.failures": (int,),
+    "ratelimit.scope": (str,),
+    "ratelimit.metric": (str,),
+    "ratelimit.window": (str,),
+    "ratelimit.limit": (int,),
+    "ratelimit.group": (str,),
+    "ratelimit.selector": (str,),
+    "ratelimit.backend": (str,),
+    "ratelimit.on_error": (str,),
+    "anomaly.score": (float, int),
+    "anomaly.band": (float, int),
+    "anomaly.actions": (list,),
+    "anomaly.features": (dict,),
     "encrypt.method": (str,),  # pgp | smime
     "encrypt.key_fingerprint": (str,),  # OpenPGP fingerprint or certificate SHA-256
     "encrypt.algorithm": (str,),  # openpgp | aes-256-gcm | aes-256-cbc

@@ -181,6 +181,104 @@ class DkimConfig:
     domains: Mapping[str, DkimKeys]  # explicitly configured keys; others live in paths.var
 
 
+# Rate limits (``ratelimit:``): what is counted, per whom, and what an anomaly score does.
+RL_WINDOWS = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
+RL_METRICS = ("messages", "recipients", "phi_messages")
+RL_SCOPES = ("user", "sender", "domain", "ip")
+RL_ACTIONS = ("alert", "defer", "hold", "lock")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most ``count`` of ``metric`` per ``window`` for one ``scope`` key (token bucket)."""
+
+    scope: str  # user | sender | domain | ip
+    metric: str  # messages | recipients | phi_messages
+    window: str  # minute | hour | day
+    count: int
+
+    @property
+    def seconds(self) -> float:
+        return RL_WINDOWS[self.window]
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A group member or exemption: ``user:NAME``, ``sender:ADDRESS``, ``sender:@DOMAIN``,
+    ``domain:DOMAIN``, ``ip:NETWORK``."""
+
+    kind: str
+    value: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+@dataclass(frozen=True)
+class LimitGroup:
+    name: str
+    members: tuple[Selector, ...]  # none: every sender not matched by an earlier group
+    limits: tuple[Limit, ...]
+
+
+@dataclass(frozen=True)
+class AnomalyBand:
+    score: float
+    actions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    enabled: bool = True
+    learning: float = 3 * 86400.0  # history a sender needs before it is scored
+    alpha: float = 0.3  # EWMA weight of the newest observation (an hour of a day)
+    prior: float = 4.0  # variance added to every baseline (no alarm on 3 mails instead of 1)
+    bands: tuple[AnomalyBand, ...] = (
+        AnomalyBand(8.0, ("alert",)),
+        AnomalyBand(15.0, ("alert", "hold")),
+        AnomalyBand(30.0, ("alert", "defer", "lock")),
+    )
+    hold_for: float = 86400.0
+    webhook: str | None = None
+    webhook_timeout: float = 5.0
+
+
+def _l(scope: str, metric: str, **windows: int) -> tuple[Limit, ...]:
+    return tuple(Limit(scope, metric, w, n) for w, n in windows.items())
+
+
+# One sender at hundreds a minute is slowed; an organisation-wide domain, or an Exchange
+# connector's address (trusted_ip) that carries every staff member's mail, gets a lot of room.
+DEFAULT_LIMIT_GROUPS = (
+    LimitGroup("staff", (), (
+        *_l("user", "messages", minute=30, hour=300, day=1500),
+        *_l("user", "recipients", minute=200, hour=1500, day=5000),
+        *_l("user", "phi_messages", hour=100, day=400),
+        *_l("sender", "messages", minute=30, hour=300, day=1500),
+        *_l("sender", "recipients", minute=200, hour=1500, day=5000),
+        *_l("sender", "phi_messages", hour=100, day=400),
+        *_l("domain", "messages", minute=3000, hour=50000),
+        *_l("ip", "messages", minute=120, hour=2000),
+        *_l("ip", "recipients", minute=1000),
+    )),
+)
+DEFAULT_TRUSTED_IP = (*_l("ip", "messages", minute=6000), *_l("ip", "recipients", minute=30000))
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    enabled: bool = True
+    redis: str | None = None  # redis://HOST:PORT/DB shared by every worker and node
+    redis_timeout: float = 0.5
+    on_redis_error: str = "open"  # open: accept and alert | closed: 451
+    exempt: tuple[Selector, ...] = ()
+    trusted_ip: tuple[Limit, ...] = DEFAULT_TRUSTED_IP  # ip limits for trusted_networks
+    groups: tuple[LimitGroup, ...] = DEFAULT_LIMIT_GROUPS
+    anomaly: AnomalyConfig = AnomalyConfig()
+    snapshot_interval: float = 10.0  # in-process state saved under paths.var this often
+
+
 @dataclass(frozen=True)
 class EncryptSign:
     """The organisation's key for signing encrypted mail (optional, each kind on its own)."""
@@ -248,6 +346,7 @@ class Config:
     dkim: DkimConfig = DkimConfig("phigate", 7 * 86400.0, {})
     encrypt: EncryptConfig = EncryptConfig()
     outbound_addresses: tuple[str, ...] = ()  # as receivers see them; `dns check` tests SPF
+    ratelimit: RateLimitConfig = RateLimitConfig()
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -707,6 +806,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
     )
     dkim = _dkim(top.get("dkim"), chk, conf_path)
     encrypt = _encrypt(top.get("encrypt"), chk, var, var_path, conf_path)
+    ratelimit = _ratelimit(top.get("ratelimit"), chk)
     cfg = Config(
         source=source,
         hostname=hostname,
@@ -731,6 +831,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         dkim=dkim,
         encrypt=encrypt,
         outbound_addresses=chk.get(top, "", "outbound_addresses", _list(_ip_text), ()),
+        ratelimit=ratelimit,
         raw=top,
     )
     for name in dkim.domains:
@@ -879,6 +980,128 @@ def _tls_policies(path: Path, outer: _Checker) -> dict[str, DestinationTls]:
         out[key] = DestinationTls(level, tuple(m.lower() for m in match), chk.where(where))
     outer.problems.extend(chk.problems)
     return out
+
+
+def _rl_selector(value: Any) -> Selector:
+    text = _string(value)
+    kind, sep, rest = text.partition(":")
+    rest = rest.strip()
+    if not sep or kind not in ("user", "sender", "domain", "ip") or not rest:
+        raise ValueError(f"'{value}' is not a selector (user:NAME, sender:ADDRESS, "
+                         "sender:@DOMAIN, domain:DOMAIN or ip:NETWORK)")
+    if kind == "ip":
+        return Selector("ip", rest, _network(rest))
+    if kind == "domain" or (kind == "sender" and rest.startswith("@")):
+        return Selector(kind, ("@" if kind == "sender" else "") + _domain(rest.lstrip("@")))
+    return Selector(kind, rest.lower() if kind == "sender" else rest)
+
+
+def _rl_limits(data: Any, chk: _Checker, path: str, scopes: Iterable[str]) -> tuple[Limit, ...]:
+    """``SCOPE: {METRIC: {WINDOW: COUNT}}`` -> limits."""
+    out: list[Limit] = []
+    for scope, metrics in chk.section(data, path, scopes).items():
+        out += _rl_metrics(metrics, chk, f"{path}.{scope}", str(scope))
+    return tuple(out)
+
+
+def _rl_metrics(data: Any, chk: _Checker, path: str, scope: str) -> tuple[Limit, ...]:
+    """``METRIC: {WINDOW: COUNT}`` -> limits of one scope."""
+    out: list[Limit] = []
+    for metric, windows in chk.section(data, path, RL_METRICS).items():
+        mpath = f"{path}.{metric}"
+        for window in chk.section(windows, mpath, RL_WINDOWS):
+            count = chk.get(windows, mpath, window, _positive(int), 0)
+            if count:
+                out.append(Limit(scope, str(metric), str(window), count))
+    return tuple(out)
+
+
+def _ratelimit(data: Any, chk: _Checker) -> RateLimitConfig:
+    d = chk.section(data, "ratelimit", [
+        "enabled", "redis", "redis_timeout", "on_redis_error", "exempt", "trusted_ip",
+        "groups", "anomaly", "snapshot_interval"])
+    base = RateLimitConfig()
+
+    def redis_url(value: Any) -> str | None:
+        if value in (None, "", False):
+            return None
+        text = _string(value)
+        if not text.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected redis://HOST:PORT/DB, got {value!r}")
+        return text
+
+    groups: list[LimitGroup] = []
+    raw_groups = d.get("groups")
+    if raw_groups is not None and not isinstance(raw_groups, dict):
+        chk.fail("ratelimit.groups", "expected a map of GROUP: {members, limits}")
+    for name, entry in (raw_groups or {}).items():
+        gpath = f"ratelimit.groups.{name}"
+        g = chk.section(entry, gpath, ["members", "limits"])
+        groups.append(LimitGroup(str(name), chk.get(g, gpath, "members", _list(_rl_selector), ()),
+                                 _rl_limits(g.get("limits"), chk, f"{gpath}.limits", RL_SCOPES)))
+    for i, grp in enumerate(groups[:-1]):
+        if not grp.members:
+            later = ", ".join(x.name for x in groups[i + 1:])
+            chk.fail(f"ratelimit.groups.{grp.name}", "a group without members matches every "
+                     f"sender, so the groups after it ({later}) would never apply: put it last")
+    an = chk.section(d.get("anomaly"), "ratelimit.anomaly", [
+        "enabled", "learning", "alpha", "prior", "bands", "hold_for", "webhook",
+        "webhook_timeout"])
+    ab = base.anomaly
+
+    def fraction(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ValueError(f"expected a number in (0, 1], got {value!r}")
+        return float(value)
+
+    def url(value: Any) -> str | None:
+        if value in (None, ""):
+            return None
+        text = _string(value)
+        if not text.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return text
+
+    bands: list[AnomalyBand] = []
+    raw_bands = an.get("bands")
+    if raw_bands is not None and not isinstance(raw_bands, list):
+        chk.fail("ratelimit.anomaly.bands", "expected a list of {score, actions}")
+        raw_bands = None
+    for i, entry in enumerate(raw_bands or []):
+        bpath = f"ratelimit.anomaly.bands[{i}]"
+        b = chk.section(entry, bpath, ["score", "actions"])
+        score = chk.get(b, bpath, "score", _positive(float), 0.0)
+        no_actions: tuple[str, ...] = ()
+        actions = chk.get(b, bpath, "actions", _list(_choice(*RL_ACTIONS)), no_actions)
+        if not score or not actions:
+            chk.fail(bpath, f"needs score (> 0) and actions (any of: {', '.join(RL_ACTIONS)})")
+        bands.append(AnomalyBand(score, actions))
+    anomaly = AnomalyConfig(
+        enabled=chk.get(an, "ratelimit.anomaly", "enabled", _bool, ab.enabled),
+        learning=chk.get(an, "ratelimit.anomaly", "learning", _duration, ab.learning),
+        alpha=chk.get(an, "ratelimit.anomaly", "alpha", fraction, ab.alpha),
+        prior=chk.get(an, "ratelimit.anomaly", "prior", _positive(float), ab.prior),
+        bands=tuple(sorted(bands, key=lambda b: b.score)) if raw_bands is not None
+        else ab.bands,
+        hold_for=chk.get(an, "ratelimit.anomaly", "hold_for", _duration, ab.hold_for),
+        webhook=chk.get(an, "ratelimit.anomaly", "webhook", url, None),
+        webhook_timeout=chk.get(an, "ratelimit.anomaly", "webhook_timeout", _duration,
+                                ab.webhook_timeout),
+    )
+    return RateLimitConfig(
+        enabled=chk.get(d, "ratelimit", "enabled", _bool, base.enabled),
+        redis=chk.get(d, "ratelimit", "redis", redis_url, None),
+        redis_timeout=chk.get(d, "ratelimit", "redis_timeout", _duration, base.redis_timeout),
+        on_redis_error=chk.get(d, "ratelimit", "on_redis_error", _choice("open", "closed"),
+                               base.on_redis_error),
+        exempt=chk.get(d, "ratelimit", "exempt", _list(_rl_selector), ()),
+        trusted_ip=_rl_metrics(d["trusted_ip"], chk, "ratelimit.trusted_ip", "ip")
+        if d.get("trusted_ip") is not None else base.trusted_ip,
+        groups=tuple(groups) if raw_groups is not None else base.groups,
+        anomaly=anomaly,
+        snapshot_interval=chk.get(d, "ratelimit", "snapshot_interval", _duration,
+                                  base.snapshot_interval),
+    )
 
 
 def _nonneg_int(value: Any) -> int:

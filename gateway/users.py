@@ -7,6 +7,7 @@ File format::
         password: "$argon2id$v=19$..."
         senders: [alice@example.org, "@billing.example.org"]
         disabled: false
+        locked: true          # set by anomaly detection; cleared by `phigate user unlock`
 
 A sender entry is an address (case-insensitive) or ``@domain`` / ``domain`` for any address
 in that domain.
@@ -37,6 +38,7 @@ class User:
     password_hash: str
     senders: tuple[str, ...]
     disabled: bool = False
+    locked: bool = False  # AUTH refused until `phigate user unlock` (anomaly detection)
 
     def may_send_as(self, address: str) -> bool:
         addr = address.lower()
@@ -93,10 +95,10 @@ class UserDB:
             if not isinstance(entry, dict):
                 problems.append(f"{where(key)}: {key}: expected a mapping")
                 continue
-            unknown = set(entry) - {"password", "senders", "disabled"}
+            unknown = set(entry) - {"password", "senders", "disabled", "locked"}
             for u in sorted(unknown):
                 problems.append(f"{where(key + '.' + u)}: {key}: unknown key '{u}' "
-                                "(expected one of: disabled, password, senders)")
+                                "(expected one of: disabled, locked, password, senders)")
             pw = entry.get("password")
             if not isinstance(pw, str) or not pw.startswith("$argon2"):
                 problems.append(f"{where(key)}: {key}.password: expected an argon2 hash "
@@ -108,7 +110,8 @@ class UserDB:
             if not isinstance(senders, list) or not all(isinstance(s, str) for s in senders):
                 problems.append(f"{where(key + '.senders')}: {key}.senders: expected a list")
                 continue
-            users[str(name)] = User(str(name), pw, tuple(senders), bool(entry.get("disabled")))
+            users[str(name)] = User(str(name), pw, tuple(senders), bool(entry.get("disabled")),
+                                    bool(entry.get("locked")))
         if problems:
             raise ConfigError(problems)
         return cls(path, users, mtime)
@@ -127,7 +130,8 @@ class UserDB:
     # ------------------------------------------------------------------ admin
 
     def set_user(self, name: str, *, password: str | None = None,
-                 senders: Iterable[str] | None = None, disabled: bool | None = None) -> User:
+                 senders: Iterable[str] | None = None, disabled: bool | None = None,
+                 locked: bool | None = None) -> User:
         old = self.users.get(name)
         if old is None and password is None:
             raise KeyError(name)
@@ -138,6 +142,8 @@ class UserDB:
             user = replace(user, senders=tuple(senders))
         if disabled is not None:
             user = replace(user, disabled=disabled)
+        if locked is not None:
+            user = replace(user, locked=locked)
         self.users[name] = user
         return user
 
@@ -145,7 +151,7 @@ class UserDB:
         data: dict[str, Any] = {
             "users": {
                 u.name: {"password": u.password_hash, "senders": list(u.senders),
-                         "disabled": u.disabled}
+                         "disabled": u.disabled, **({"locked": True} if u.locked else {})}
                 for u in sorted(self.users.values(), key=lambda u: u.name)
             }
         }
