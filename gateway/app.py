@@ -34,6 +34,7 @@ from .dkim import Signer
 from .dkimkeys import DkimKeyError
 from .intake import CALL_LIMITS, GatewaySMTP, IntakeHandler, IntakeState, Listener
 from .policy import DeliverPolicy, Policy
+from .ratelimit import RateLimiter
 from .routing import Router, make_resolver
 from .smtpclient import SmtpSender
 from .spool import Spool
@@ -153,6 +154,7 @@ class Gateway:
         self._stopped = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self.portal: PortalService | None = None
+        self.limiter: RateLimiter | None = None
         self.tls_policy: TlsPolicy | None = None
 
     def _state(self, config: Config) -> IntakeState:
@@ -196,6 +198,8 @@ class Gateway:
         configure_stdlib_logging(self.audit)
         self.spool.ensure()
         state = self._state(cfg)
+        self.limiter = state.limiter = RateLimiter(cfg, self.audit, clock, self.worker)
+        await self.limiter.start()
         self.router = Router(cfg, make_resolver(cfg), clock)
         self.tls_policy = TlsPolicy(cfg, self.router.resolver, clock)
         sender = SmtpSender(cfg.hostname, cfg.delivery.connect_timeout,
@@ -267,6 +271,9 @@ class Gateway:
                                                      "event.outcome": "failure"})
             return False
         self.config = new
+        if self.limiter is not None:  # counters and baselines are kept
+            self.limiter.reconfigure(new)
+            state.limiter = self.limiter
         old = self.handlers[0].state.policy if self.handlers else None
         for h in self.handlers:
             h.state = state
@@ -303,6 +310,8 @@ class Gateway:
             await self.delivery.stop(max(1.0, deadline - time.monotonic()))
         if self.handlers:
             self.handlers[0].state.policy.close(wait=True)
+        if self.limiter is not None:
+            await self.limiter.close()
         if self.portal is not None:
             with contextlib.suppress(Exception):
                 await self.portal.stop()

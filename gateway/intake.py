@@ -20,9 +20,10 @@ import errno
 import inspect
 import re
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
@@ -37,6 +38,9 @@ from .model import Envelope
 from .policy import Policy
 from .spool import Spool, new_queue_id
 from .users import User, UserDB
+
+if TYPE_CHECKING:
+    from .ratelimit import Admission, RateLimiter
 
 READ_CHUNK_LIMIT = 1 << 20  # StreamReader buffer while in DATA (pauses the socket at 2x)
 
@@ -55,10 +59,12 @@ class Listener:
 class IntakeState:
     """What every handler shares; replaced as a whole on reload."""
 
-    def __init__(self, config: Config, policy: Policy, users: UserDB) -> None:
+    def __init__(self, config: Config, policy: Policy, users: UserDB,
+                 limiter: RateLimiter | None = None) -> None:
         self.config = config
         self.policy = policy
         self.users = users
+        self.limiter = limiter
 
 
 # RFC 3463 codes for aiosmtpd's own replies, which carry none (RFC 2034 asks for them on
@@ -335,6 +341,9 @@ class IntakeHandler:
         self.on_queued = on_queued
         self.clock = clock
         self.in_data = 0
+        # the rate limiter's decision for each open transaction (dropped with the envelope)
+        self.admissions: weakref.WeakKeyDictionary[SmtpEnvelope, Admission] = (
+            weakref.WeakKeyDictionary())
 
     # ------------------------------------------------------------------ helpers
 
@@ -395,6 +404,11 @@ class IntakeHandler:
             return AuthResult(success=False, handled=False,
                               message="535 5.7.8 Authentication credentials invalid")
         self.guard.success(ip, login)
+        if user.locked:  # by anomaly detection: only `phigate user unlock` lifts it
+            self.audit.emit("auth.refused", {**base, "event.outcome": "failure",
+                                             "event.reason": "account_locked"})
+            return AuthResult(success=False, handled=False, message=(
+                "535 5.7.8 Account locked after unusual sending; ask an administrator"))
         self.audit.emit("auth.success", {**base, "event.outcome": "success"})
         return AuthResult(success=True, handled=False, auth_data=user)
 
@@ -427,6 +441,13 @@ class IntakeHandler:
                 **self._base(session), "email.from.address": sender,
                 "event.reason": "foreign_sender_domain"})
             return "553 5.7.1 Sender domain is not one of this organisation's domains"
+        if self.state.limiter is not None:
+            adm, reply = await self.state.limiter.on_mail(
+                user.name if user else None, sender, ip, self._base(session))
+            if adm is not None:
+                self.admissions[envelope] = adm
+            if reply is not None:
+                return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
@@ -447,6 +468,10 @@ class IntakeHandler:
             return bad.replace("X.X.X", "5.1.3") + " (recipient)"
         if len(envelope.rcpt_tos) >= cfg.smtp.max_recipients:
             return "452 4.5.3 Too many recipients"
+        if self.state.limiter is not None:
+            reply = await self.state.limiter.on_rcpt(self.admissions.get(envelope), address)
+            if reply is not None:
+                return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
@@ -541,8 +566,16 @@ class IntakeHandler:
             self.audit.emit("message.rejected", {**base, "event.outcome": "failure",
                                                  "event.reason": "policy_reject"})
             return f"550 5.7.1 {verdict.reject_reason}"
+        limited = False
+        if self.state.limiter is not None:
+            reply, limited = await self.state.limiter.on_message(
+                self.admissions.get(smtp_env), env.rcpt_tos, verdict, {"email.local_id": qid})
+            if reply is not None:
+                self.audit.emit("message.deferred", {**base, "event.outcome": "failure",
+                                                     "event.reason": "rate_limited"})
+                return reply
         raw = self._received(session, smtp_env, qid) + content
-        state = "hold" if verdict.held else "incoming"
+        state = "hold" if verdict.held or limited else "incoming"
         loop = asyncio.get_running_loop()
         try:
             # In a thread: fsync of file and folder releases the GIL, so other sessions go on.
