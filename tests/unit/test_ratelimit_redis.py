@@ -1,0 +1,92 @@
+"""The Redis backend against a real redis-server: the same limits as in process, shared by two
+limiters (two gateway processes), and an outage answered as configured, never a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gateway.audit import AuditLog
+from gateway.ratelimit import RateLimiter, RedisBackend
+from tests.redis_server import (  # noqa: F401  (fixtures)
+    RedisServer,
+    redis_module_fixture,
+    redis_server_fixture,
+)
+from tests.unit.test_ratelimit import MONDAY, NO_LIMITS, STAFF, Clock, make_config, send
+
+
+def limiter(tmp_path: Path, url: str, *sets: str, clock: Clock | None = None,
+            name: str = "a") -> RateLimiter:
+    cfg = make_config(tmp_path, f"ratelimit.redis={url}", *sets)
+    audit = AuditLog(tmp_path / f"audit-{name}.jsonl", stdout=False)
+    return RateLimiter(cfg, audit, clock or Clock())
+
+
+async def test_two_limiters_share_one_limit(tmp_path: Path, redis_server: RedisServer) -> None:
+    clock = Clock()
+    a = limiter(tmp_path, redis_server.url, STAFF, clock=clock, name="a")
+    b = limiter(tmp_path, redis_server.url, STAFF, clock=clock, name="b")
+    assert isinstance(a.backend, RedisBackend)
+    replies = []
+    for i in range(8):
+        rl = a if i % 2 else b
+        replies.append((await send(rl, f"Alice+{i}@example.org", ["x@dest.test"]))[1])
+    assert replies[:5] == [None] * 5 and all(r and r.startswith("451 4.7.1") for r in replies[5:])
+    clock.t += 60
+    assert (await send(a, "alice@example.org", ["x@dest.test"]))[1] is None
+    # usage as `limits show` sees it
+    u = await b.usage("alice@example.org")
+    used = {(x["scope"], x["metric"], x["window"]): x["used"] for x in u["limits"]}
+    assert used[("sender", "messages", "minute")] == 1
+    await a.close()
+    await b.close()
+
+
+async def test_baseline_shared_and_surge_flagged(tmp_path: Path,
+                                                 redis_server: RedisServer) -> None:
+    clock = Clock()
+    a = limiter(tmp_path, redis_server.url, NO_LIMITS, clock=clock, name="a")
+    b = limiter(tmp_path, redis_server.url, NO_LIMITS, clock=clock, name="b")
+    for day in range(5):
+        for hour in range(9, 17):
+            for k in range(2):
+                clock.t = MONDAY + day * 86400 + hour * 3600 + k * 900
+                rl = a if k else b
+                assert (await send(rl, "alice@example.org", ["c@example.org"]))[1] is None
+    base = await a.backend.baseline("alice@example.org")
+    assert base is not None and base.messages >= 70 and 1 < base.hod[12] < 2.5
+    held_at = None
+    for i in range(60):
+        clock.t = MONDAY + 5 * 86400 + 12 * 3600 + i * 20
+        _, _, held = await send(a if i % 2 else b, "alice@example.org", [f"p@n{i}.test"])
+        if held:
+            held_at = i
+            break
+    assert held_at is not None and held_at < 40
+    assert await a.backend.senders() == ["alice@example.org"]
+    await a.close()
+    await b.close()
+
+
+async def test_outage_fail_open_and_fail_closed(tmp_path: Path,
+                                                redis_server: RedisServer) -> None:
+    open_ = limiter(tmp_path, redis_server.url, STAFF, name="open")
+    closed = limiter(tmp_path, redis_server.url, STAFF, "ratelimit.on_redis_error=closed",
+                     name="closed")
+    assert (await send(open_, "a@example.org", ["x@dest.test"]))[1] is None
+    redis_server.stop()
+    assert (await send(open_, "a@example.org", ["x@dest.test"]))[1] is None
+    stage, reply, _ = await send(closed, "a@example.org", ["x@dest.test"])
+    assert stage == "mail" and reply is not None and reply.startswith("451 4.3.0")
+    ev = [json.loads(x) for x in (tmp_path / "audit-open.jsonl").read_text().splitlines()]
+    alert = [e for e in ev if e["event.action"] == "ratelimit.alert"]
+    assert alert and alert[0]["event.reason"] == "backend_unavailable"
+    assert alert[0]["ratelimit.on_error"] == "open"
+    redis_server.start()
+    open_._down_until = 0.0  # skip the one-second breaker
+    assert (await send(open_, "a@example.org", ["x@dest.test"]))[1] is None
+    ev = [json.loads(x) for x in (tmp_path / "audit-open.jsonl").read_text().splitlines()]
+    assert any(e["event.action"] == "ratelimit.backend_recovered" for e in ev)
+    await open_.close()
+    await closed.close()
