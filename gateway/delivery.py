@@ -331,7 +331,7 @@ class Delivery:
             # the notification carries no PHI: opportunistic TLS, but a destination's
             # published MTA-STS or DANE policy still holds
             pub = await self._published(published, _domain(rcpt), route)
-            req = required[rcpt] = needed(pub, "deliver")
+            req = required[rcpt] = needed(pub, "notify")
             notices.append((route, rcpt, await self._sign(qid, env, notice), req))
         for group in await asyncio.gather(*(send_group(r, [rcpt], req, body)
                                             for r, rcpt, body, req in notices)):

@@ -72,10 +72,15 @@ class Published:
 
 
 def needed(published: Published, action: str) -> Requirement:
-    """The requirement for one recipient whose verdict action is ``action``."""
+    """The requirement for one recipient whose verdict action is ``action``; ``notify`` is a
+    portal notification: it carries no PHI, so only what the destination itself publishes
+    (MTA-STS, DANE) binds it, not the admin's pin for PHI (a partner whose certificate broke
+    still gets the notification)."""
     req = published.requirement
     if action == "require_tls" and RANK[req.level] < RANK["encrypt"]:
         return replace(req, level="encrypt", source="verdict")
+    if action == "notify" and req.source in ("static", "verdict"):
+        return Requirement("may", "default", ca_file=req.ca_file)
     return req
 
 
