@@ -10,6 +10,7 @@ answer says why: ``none``, or the problem of the newest key that exists (``expir
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -82,6 +83,9 @@ class KeyStore:
         self.certs = certs
         self.wkd = wkd
         self.wkd_keyring = wkd_keyring
+        # delivery calls lookup from several threads; a directory's answer replaces the keys
+        # it gave before, which must not interleave for one keyring
+        self._wkd_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lookup
 
@@ -100,7 +104,8 @@ class KeyStore:
                 return Found("smime", c.fingerprint, "smime_dir", cert=c)
             problems.append(Missing(problem, "smime", c.fingerprint, c.not_after))
         if self.wkd is not None and self.wkd_keyring is not None:
-            found = self._wkd(address, now, problems)
+            with self._wkd_lock:
+                found = self._wkd(address, now, problems)
             if found is not None:
                 return found
         return problems[0] if problems else Missing("none")

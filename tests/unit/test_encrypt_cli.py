@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phigate")
     add_parsers(parser.add_subparsers(dest="command", required=True), _common)
     return parser
+
+
+@pytest.fixture(autouse=True)
+def _stop_agents(tmp_path: Path) -> Iterator[None]:
+    yield  # gpg starts an agent in the keyring's home on import; stop it with the test
+    subprocess.run(["gpgconf", "--homedir", str(tmp_path / "var" / "gnupg"), "--kill", "all"],
+                   capture_output=True, check=False)
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
