@@ -20,6 +20,7 @@ from .dkimcli import add_parsers as add_dkim_parsers
 from .dkimkeys import DkimKeyError
 from .model import SpoolEntry
 from .spool import STATES, Spool, SpoolError
+from .tlsprobe import add_parsers as add_tls_parsers
 from .users import UserDB
 
 
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     portal_parsers(sub, _common)
     add_dkim_parsers(sub)
+    add_tls_parsers(sub, _common)
     return parser
 
 
@@ -138,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _user(args, _load(args))
         if args.command in ("dkim", "dns"):
             return int(args.handler(args, _load(args)))
+        if args.command == "tls":
+            from .tlsprobe import run as tls_run
+
+            return tls_run(args, _load(args))
         if args.command == "portal":
             from portal.cli import run as portal_run
 

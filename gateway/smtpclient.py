@@ -92,7 +92,8 @@ def _cert_has_name(der: bytes, names: tuple[str, ...]) -> bool:
     except (ValueError, x509.ExtensionNotFound):
         return False
     dns_names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
-    return any(mx_matches(name, tuple(dns_names)) for name in names)
+    ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    return any(mx_matches(name, tuple(dns_names)) or name in ips for name in names)
 
 
 class Transaction:

@@ -168,7 +168,7 @@ class GatewayProc:
 
     def cli(self, *argv: str, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
         sub, rest = argv[0], list(argv[1:])
-        if sub in ("queue", "user", "portal"):
+        if sub in ("queue", "user", "portal", "tls", "dkim", "limits", "keys", "audit"):
             cmd = [*PHIGATE, sub, rest[0], *self.args(), *rest[1:]]
         else:
             cmd = [*PHIGATE, sub, *self.args(), *rest]

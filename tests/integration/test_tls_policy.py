@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import smtplib
 import ssl
 import threading
@@ -145,6 +146,17 @@ def test_static_levels(static_world: dict[str, Any]) -> None:
 
     for domain in ("wrongname.test", "old.test", "consumer.test", "plain.test"):
         _no_phi(sinks[domain])
+
+    # what an admin sees for a destination
+    out = gw.cli("tls", "probe", "verified.test", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["policy"] == {"level": "verify", "source": "static", "testing": None}
+    host = report["hosts"][0]
+    assert host["starttls"] and host["protocol"] in ("TLSv1.2", "TLSv1.3")
+    assert host["name_match"] and host["chain_valid"] and "not_after" in host
+    out = gw.cli("tls", "probe", "wrongname.test")
+    assert "name match: no" in out.stdout and "effective policy: verify" in out.stdout
 
 
 # --------------------------------------------------------------------------- MTA-STS and DANE
