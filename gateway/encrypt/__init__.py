@@ -8,6 +8,13 @@ the recipient domain's Web Key Directory, wkd.py); entity.py splits a message in
 that stay outside and the MIME entity that is encrypted.
 """
 
-from .encryptor import Encrypted, Encryptor, NoKey, audit_fields, key_problem_notice
+from .encryptor import (
+    Encrypted,
+    Encryptor,
+    NoKey,
+    audit_fields,
+    check_setup,
+    key_problem_notice,
+)
 
-__all__ = ["Encrypted", "Encryptor", "NoKey", "audit_fields", "key_problem_notice"]
+__all__ = ["Encrypted", "Encryptor", "NoKey", "audit_fields", "check_setup", "key_problem_notice"]

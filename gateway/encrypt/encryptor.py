@@ -218,3 +218,41 @@ def key_problem_notice(problem: NoKey, sender: str, from_address: str, organisat
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(text)
     return msg.as_bytes()
+
+
+def check_setup(cfg: Any) -> list[str]:
+    """Problems with the ``encrypt`` section that only the files can show (for
+    ``phigate check-config`` and start-up): the tools, the signing key and certificate."""
+    import shutil
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    enc = cfg.encrypt
+    where = f"{cfg.source}: encrypt"
+    problems: list[str] = []
+    for tool, what in ((enc.gpg, "gpg (Debian package gnupg)"),
+                       (enc.openssl, "openssl (Debian package openssl)")):
+        if shutil.which(tool) is None:
+            problems.append(f"{where}: {what} not found; encrypted delivery falls back to "
+                            "the portal")
+    s = enc.sign
+    if s.pgp_key is not None and shutil.which(enc.gpg) is not None:
+        ring = Keyring(enc.keyring, enc.gpg)
+        if not any(k.fingerprint == s.pgp_key and k.secret for k in ring.all_keys()):
+            problems.append(f"{where}.sign.pgp_key: no secret key {s.pgp_key} in {enc.keyring} "
+                            f"(import it with gpg --homedir {enc.keyring} --import)")
+    if s.smime_cert is not None and s.smime_key is not None:
+        try:
+            cert = x509.load_pem_x509_certificate(s.smime_cert.read_bytes())
+            key = serialization.load_pem_private_key(s.smime_key.read_bytes(), None)
+            if cert.public_key().public_bytes(
+                    serialization.Encoding.DER,
+                    serialization.PublicFormat.SubjectPublicKeyInfo) != key.public_key(
+                    ).public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo):
+                problems.append(f"{where}.sign: smime_key does not belong to smime_cert")
+        except (OSError, ValueError, TypeError) as exc:
+            problems.append(f"{where}.sign: cannot load the S/MIME certificate or key "
+                            f"({type(exc).__name__}: unreadable, not PEM, or encrypted)")
+    return problems

@@ -135,3 +135,29 @@ def test_entity_split_and_headers() -> None:
     body = b"".join(bytes(c) for c in chunks(b"", plain.body))
     assert body == b"line1\r\nline2\r\nline3"
     assert bytes(split(b"no header body").body) == b""
+
+
+@needs_tools
+def test_from_config_and_check_setup(pki: Pki, tmp_path: Path) -> None:
+    from gateway.encrypt import Encrypted, Encryptor, check_setup
+    from tests.unit.test_encrypt_keys import NOW, sample_message
+
+    org_cert, org_key = pki.ca.issue("secure@example.org")
+    other_cert, _ = pki.ca.issue("other@example.org")
+    (tmp_path / "org.crt").write_bytes(pem(org_cert))
+    (tmp_path / "other.crt").write_bytes(pem(other_cert))
+    (tmp_path / "org.key").write_bytes(org_key)
+    conf = _config(tmp_path, f"encrypt:\n  sign:\n    pgp_key: {pki.org_fpr}\n"
+                             "    smime_cert: other.crt\n    smime_key: org.key\n")
+    cfg = load_config(conf)
+    problems = check_setup(cfg)
+    assert any(f"no secret key {pki.org_fpr}" in p for p in problems)
+    assert any("smime_key does not belong to smime_cert" in p for p in problems)
+    enc = Encryptor.from_config(cfg)
+    enc.store.keyring.import_data(pki.org_secret)
+    enc.store.import_data(pki.alice.public, NOW)
+    cfg = load_config(conf, ["encrypt.sign.smime_cert=org.crt"])
+    assert check_setup(cfg) == []
+    res = Encryptor.from_config(cfg).encrypt_for(sample_message("alice@partner.test"),
+                                                 "alice@partner.test", NOW)
+    assert isinstance(res, Encrypted) and res.signed and res.method == "pgp"
