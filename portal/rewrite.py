@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from . import crypto
 from .mail import Composer, original_headers
 from .model import Pickup, PortalStore
+from .render import pack
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class PortalRewriter:
             id=pickup_id, token_hash=crypto.token_hash(secret),
             sender=(mail_from or original.sender_address).lower(),
             recipient=recipient.lower(), created=now, expires=expires,
-            sealed=crypto.seal(key, raw, pickup_id), size=len(raw), queue_id=queue_id))
+            sealed=crypto.seal(key, pack(raw), pickup_id), size=len(raw), queue_id=queue_id))
         link = f"{self.base_url}/p/{pickup_id}/{secret}"
         return Rewritten(pickup_id, expires,
                          self.composer.notification(original, recipient, link, expires, now))

@@ -35,7 +35,7 @@ from gateway.config import PortalConfig
 from . import crypto
 from .mail import Composer, SubmitError, Submitter, original_headers
 from .model import OneTimeCode, Pickup, PortalStore, Reply, Session, StoreError
-from .render import render
+from .render import View, render, unpack
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "phigate_session"
@@ -372,16 +372,14 @@ class Portal:
             with contextlib.suppress(SubmitError):  # a courtesy; the open is in the audit log
                 await self.submitter.submit(self.config.from_address, pickup.sender, data)
 
-    async def _open(self, access: Access) -> bytes:
-        full = await self._io(self.store.pickup, access.pickup.id)
-        if full is None or not full.sealed:
+    def _open(self, access: Access) -> tuple[View, bytes]:
+        if not access.pickup.sealed:
             raise Page(410, "Message withdrawn", "This message is no longer available.")
-        return crypto.unseal(access.key, full.sealed, full.id)
+        return unpack(crypto.unseal(access.key, access.pickup.sealed, access.pickup.id))
 
     async def message(self, request: web.Request) -> web.StreamResponse:
         access = await self._access(request)
-        raw = await self._open(access)
-        shown = render(raw)
+        shown, _ = self._open(access)
         replies = []
         for r in await self._io(self.store.replies, access.pickup.id):
             body = render(crypto.unseal(access.key, r.sealed, access.pickup.id))
@@ -400,10 +398,10 @@ class Portal:
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         access = await self._access(request)
-        raw = await self._open(access)
+        _, raw = self._open(access)
         try:
             n = int(request.match_info["n"])
-            att = render(raw).attachments[n]
+            att = (await self._io(render, raw)).attachments[n]
         except (ValueError, IndexError):
             raise Page(404, "Not found", "This attachment does not exist.") from None
         self._event("portal.download", request, access.pickup, "success", {"portal.attachment": n})
@@ -444,7 +442,7 @@ class Portal:
         text = fields.get("text", "").strip()
         if not text and not files:
             raise Page(400, "Nothing to send", "Write a reply or attach a file, then send.")
-        raw = await self._open(access)
+        _, raw = self._open(access)
         original = original_headers(raw, access.pickup.sender)
         original = original.__class__(original.sender_name, access.pickup.sender,
                                       original.subject, original.message_id)

@@ -126,3 +126,16 @@ def test_render_plain_and_attached_message() -> None:
 def test_sanitise_keeps_tables() -> None:
     out = sanitise("<table><tr><td colspan=2 onclick='x()'>a</td></tr></table>")
     assert "<td colspan=\"2\">a</td>" in out and "onclick" not in out
+
+
+def test_stored_form_carries_the_rendered_view() -> None:
+    from portal.render import pack, unpack
+
+    raw = _original()
+    view, original = unpack(pack(raw))
+    assert original == raw
+    assert view.subject == "Results for Testpatient Quux" and view.html is not None
+    assert "<script" not in view.html
+    assert [(f.filename, f.size) for f in view.files] == [("quux-labs.pdf", 14)]
+    legacy_view, legacy_raw = unpack(raw)  # content stored before views existed
+    assert legacy_raw == raw and legacy_view == view
