@@ -32,6 +32,7 @@ from .config import Config, ConfigError, HostPort, load_config
 from .delivery import Delivery
 from .dkim import Signer
 from .dkimkeys import DkimKeyError
+from .encrypt import Encryptor
 from .intake import CALL_LIMITS, GatewaySMTP, IntakeHandler, IntakeState, Listener
 from .policy import DeliverPolicy, Policy
 from .ratelimit import RateLimiter
@@ -213,7 +214,8 @@ class Gateway:
                                  scanner=self.worker == 0,
                                  portal=self.portal.rewriter if self.portal else None,
                                  signer=Signer.from_config(cfg, clock),
-                                 tls_policy=self.tls_policy)
+                                 tls_policy=self.tls_policy,
+                                 encryptor=Encryptor.from_config(cfg))
         guard = AuthGuard(cfg.auth.max_failures, cfg.auth.failure_window, cfg.auth.lockout,
                           cfg.auth.tarpit, clock, cfg.auth.ip_failure_factor)
         tls_ctx = server_context(self.cert, self.key)
@@ -280,6 +282,7 @@ class Gateway:
         if old is not None and old is not state.policy:
             old.close()
         if self.delivery is not None and self.router is not None:
+            self.delivery.encryptor = Encryptor.from_config(new)
             try:
                 self.delivery.signer = Signer.from_config(new, self.runtime.clock)
             except DkimKeyError as exc:  # a key file an admin broke: keep the old keys

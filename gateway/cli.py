@@ -18,6 +18,7 @@ from .delivery import FLUSH_TRIGGER
 from .dkim import Signer
 from .dkimcli import add_parsers as add_dkim_parsers
 from .dkimkeys import DkimKeyError
+from .keyscli import add_parsers as add_keys_parsers
 from .model import SpoolEntry
 from .spool import STATES, Spool, SpoolError
 from .tlsprobe import add_parsers as add_tls_parsers
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     portal_parsers(sub, _common)
     add_dkim_parsers(sub)
     add_tls_parsers(sub, _common)
+    add_keys_parsers(sub, _common)
     return parser
 
 
@@ -118,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Signer.from_config(cfg)
             except DkimKeyError as err:
                 raise ConfigError([str(err)]) from None
+            from .encrypt import check_setup
+
+            if problems := check_setup(cfg):
+                raise ConfigError(problems)
             if cfg.rules.enabled:
                 from .classify import load_rules
                 from .rules.ruleset import check_examples
@@ -140,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _user(args, _load(args))
         if args.command in ("dkim", "dns"):
             return int(args.handler(args, _load(args)))
+        if args.command == "keys":
+            from .keyscli import run as keys_run
+
+            return keys_run(args, _load(args))
         if args.command == "tls":
             from .tlsprobe import run as tls_run
 

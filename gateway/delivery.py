@@ -23,6 +23,8 @@ from .audit import AuditLog
 from .config import Config
 from .dkim import Signer
 from .dsn import FailedRecipient, build_bounce, status_for
+from .encrypt import Encrypted, Encryptor, audit_fields, key_problem_notice
+from .encrypt.keystore import Found
 from .model import DeliveryStatus, Envelope, RecipientStatus, RecipientVerdict, Verdict
 from .routing import Route, RouteError, Router
 from .smtpclient import Outcome, SmtpSender, Transaction
@@ -82,6 +84,7 @@ class Delivery:
         portal: Rewriter | None = None,
         signer: Signer | None = None,
         tls_policy: TlsPolicy | None = None,
+        encryptor: Encryptor | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
@@ -93,6 +96,7 @@ class Delivery:
         self.portal = portal
         self.signer = signer
         self.tls_policy = tls_policy
+        self.encryptor = encryptor
         self._queue: asyncio.Queue[tuple[str, str, Handoff | None]] = asyncio.Queue()
         self._deferred: list[tuple[float, str]] = []
         self._dest_sems: dict[str, asyncio.Semaphore] = defaultdict(
@@ -263,6 +267,7 @@ class Delivery:
         # cannot be carried out decide those recipients at once.
         groups: list[tuple[Route, Requirement, list[str]]] = []
         to_portal: list[tuple[Route, str]] = []
+        to_encrypt: list[tuple[Route, str]] = []
         outcomes: list[Outcome] = []
         required: dict[str, Requirement] = {}
         published: dict[str, Published] = {}
@@ -280,6 +285,12 @@ class Delivery:
             except RouteError as err:
                 code = 550 if err.permanent else 451
                 outcomes.append(Outcome(rcpt, code, f"{err.status} {err.text}", None, None))
+                continue
+            if self.encryptor is not None and (action == "encrypt" or (
+                    action == "require_tls" and await self._key_known(rcpt))):
+                # a recipient whose key is known gets PHI encrypted end to end rather than
+                # depend on the transport (the default rules' "encrypt when a key is known")
+                to_encrypt.append((route, rcpt))
                 continue
             if action in PORTAL_ACTIONS:
                 to_portal.append((route, rcpt))
@@ -323,6 +334,16 @@ class Delivery:
                 else:
                     outcomes.append(o)
         notices: list[tuple[Route, str, bytes, Requirement]] = []
+        for route, rcpt in to_encrypt:
+            body = await self._encrypt(qid, env, original, rcpt, attempt_no)
+            if body is None:  # no usable key: the portal
+                to_portal.append((route, rcpt))
+                continue
+            # encrypted end to end: like a notification, only the destination's own
+            # published policy binds the transport
+            pub = await self._published(published, _domain(rcpt), route)
+            req = required[rcpt] = needed(pub, "notify")
+            notices.append((route, rcpt, await self._sign(qid, env, body), req))
         for route, rcpt in to_portal:
             notice = await self._to_portal(qid, env, original, rcpt)
             if isinstance(notice, Outcome):
@@ -356,6 +377,41 @@ class Delivery:
         self.audit.emit("tls.fallback", {"email.local_id": qid, "email.to.address": rcpt,
                                          "event.reason": reason[:200],
                                          "verdict.action": "portal"})
+
+    async def _key_known(self, rcpt: str) -> bool:
+        """A key exists for ``rcpt``: a valid one (encrypt), or an expired or revoked one
+        (the portal, and the sender is told)."""
+        assert self.encryptor is not None
+        found = await asyncio.to_thread(self.encryptor.store.lookup, rcpt, self.clock())
+        return isinstance(found, Found) or found.reason != "none"
+
+    async def _encrypt(self, qid: str, env: Envelope, data: bytes, rcpt: str,
+                       attempt_no: int) -> bytes | None:
+        """The message encrypted for ``rcpt`` (OpenPGP or S/MIME), or None when no valid key
+        is known (the caller uses the portal; never clear text). A key that exists but is
+        expired or revoked is reported to the sender once, without the message's content."""
+        assert self.encryptor is not None
+        res = await asyncio.to_thread(self.encryptor.encrypt_for, data, rcpt, self.clock())
+        self.audit.emit("message.encrypt", {"email.local_id": qid, "email.to.address": rcpt,
+                                            **audit_fields(res)})
+        if isinstance(res, Encrypted):
+            return res.message
+        cfg = self.config
+        if res.notify_sender and cfg.encrypt.notify_sender and env.mail_from \
+                and attempt_no == 1:
+            now = self.clock()
+            notice = key_problem_notice(res, env.mail_from, cfg.portal.from_address,
+                                        cfg.organisation, cfg.hostname, now)
+            nenv = Envelope(mail_from="", rcpt_tos=(env.mail_from,), listener="notice",
+                            received_at=now)
+            verdict = Verdict(recipients=(RecipientVerdict(env.mail_from, "deliver",
+                                                           "key-notice"),))
+            nid = self.spool.store(nenv, verdict, notice, kind="bounce", now=now)
+            self.audit.emit("encrypt.key_notice", {"email.local_id": nid,
+                                                   "related.local_id": qid,
+                                                   "email.to.address": env.mail_from})
+            self.notify(nid, "incoming")
+        return None
 
     async def _sign(self, qid: str, env: Envelope, data: bytes) -> bytes:
         if self.signer is None:
