@@ -231,7 +231,10 @@ def _name_flags() -> dict[str, int]:
 
 def _may_be_name(text: str) -> bool:
     """A title, or two words from the name lists: cheap set operations, no tokenising."""
-    words = text.replace(",", " ").replace("'s", " ").replace("'S", " ").replace(".", " ").split()
+    spaced = text.replace(",", " ").replace("'s", " ").replace("'S", " ").replace(".", " ")
+    if "|" in spaced:  # cells of a pipe-delimited table
+        spaced = spaced.replace("|", " ")
+    words = spaced.split()
     return not _TITLE_WORDS.isdisjoint(words) or len(_name_flags().keys() & words) >= 2
 
 
@@ -264,12 +267,12 @@ def _name_span(text: str, prefiltered: bool = False) -> tuple[int, int] | None:
                 return toks[i][1], toks[last][1] + len(toks[last][0])
     if n < 2:
         return None
-    # "Last, First [M.]" (or "Last<tab>First" in a table)
+    # "Last, First [M.]" (or "Last<tab>First", "Last | First" in a table)
     for i in range(n - 1):
         if bits[i] & _LAST and bits[i + 1] & _FIRST:
             off = toks[i][1]
             end = off + len(toks[i][0])
-            if text[end:end + 1] in (",", "\t"):
+            if text[end:end + 1] in (",", "\t") or text[end:].lstrip(" \t")[:1] == "|":
                 j = i + 1
                 if j + 1 < n and len(toks[j + 1][0].rstrip(".")) == 1:
                     j += 1

@@ -215,6 +215,8 @@ def test_addressee_name_is_reported_only_when_the_letter_is_about_their_health(e
     ("Ms. Michelle Obrien called", "Ms. Michelle Obrien"),
     ("Morning Richard Barker", "Richard Barker"),
     ("Hawkins\tAmber\tamber@example.net", "Hawkins\tAmber"),
+    ("Hawkins|Amber|amber@example.net", "Hawkins|Amber"),
+    ("HAWKINS | AMBER | 03/04/1971", "HAWKINS | AMBER"),
 ])
 def test_name_span(text, name):
     span = builtin._name_span(text)
@@ -283,11 +285,39 @@ def test_row_label_and_spreadsheet_cells():
     assert normalise_label("PatientName") == " patient name "
 
 
+def test_pipe_table_with_last_and_first_columns_names_a_patient(engine):
+    text = ("Last|First|DOB|Phone\nRoe|Jane|03/04/1971|617-253-1000\n"
+            "Smith|Brianna|10/25/1955|617-253-1001")
+    people = [h.value for h in _analyse(engine, text).hits if h.category == PERSON]
+    assert people == ["Roe|Jane", "Smith|Brianna"]
+    md = "| Last | First | MRN |\n|------|------|-----|\n| ROE | JANE | 00123456 |"
+    assert [h.value for h in _analyse(engine, md).hits if h.category == PERSON] == [
+        "ROE | JANE"]
+    # the same table without the name columns: mentions at most, not labelled patients
+    other = "Site|Lead|Shift\nNorth|Jane Roe|Day\nSouth|Brianna Smith|Night"
+    assert not [h for h in _analyse(engine, other).hits if h.category == PERSON]
+
+
 def test_prose_is_not_a_table():
     # "Dear Mr. Murphy," is not the header of a column (only the "Re:" label counts)
     text = "Dear Mr. Murphy,\nRe: claim 4859643876, insured vehicle"
     assert _labels(text, "4859") == (" re ",)
     assert _labels("Thanks, see you soon\nCall me, 5551234, anytime", "5551") == ()
+
+
+# --------------------------------------------------------------------------- clinical
+
+@pytest.mark.parametrize("text,dose", [
+    ("Biktarvy 1 tablet daily", "1 tablet daily"),
+    ("take 2 capsules twice daily with food", "2 capsules twice daily"),
+    ("latanoprost 1 drop nightly", "1 drop nightly"),
+    ("albuterol 2 puffs q4-6h PRN", "2 puffs q4-6h"),
+    ("500 mg of caffeine per cup", None),
+    ("30 tablets per bottle, 12 bottles per case", None),
+])
+def test_dose_units_include_tablets_capsules_and_drops(engine, text, dose):
+    doses = [h.value for h in _analyse(engine, text).hits if h.detector == "dose"]
+    assert doses == ([dose] if dose else [])
 
 
 # --------------------------------------------------------------------------- decision
