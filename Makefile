@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := postfix swaks libnet-ssleay-perl nsd postgresql opendkim
+DEBS   := postfix swaks libnet-ssleay-perl nsd postgresql opendkim redis-server gnupg openssl \
+          chromium chromium-driver
 
 .PHONY: run test lint typecheck check deps venv bench clean
 

@@ -1,6 +1,6 @@
-"""Encrypted messages per second: ``Encryptor.encrypt_for`` to a PGP key (RSA-3072 (gpg 2.2 default) and
-Curve25519) and to S/MIME certificates (RSA-2048, AES-256-CBC and AES-256-GCM), at 5 KB and
-1 MB, against the relay path's own cost for the same message (parse with ``email`` and
+"""Encrypted messages per second: ``Encryptor.encrypt_for`` to a PGP key (RSA-3072, gpg 2.2's
+default, and Curve25519) and to S/MIME certificates (RSA-2048, AES-256-CBC and AES-256-GCM),
+at 5 KB and 1 MB, against the relay path's own cost for the same message (parse with ``email`` and
 serialise: what every delivered message already pays). Ratios hold on a noisy machine where
 absolute numbers do not. Keys are made for the run in temporary folders.
 

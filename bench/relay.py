@@ -1143,8 +1143,10 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-# --set overrides for every phigate started (``--gateway-set``), e.g. rules.enabled=false
-EXTRA_SETS: list[str] = []
+# --set overrides for every phigate started (``--gateway-set``), e.g. rules.enabled=false.
+# The load comes from one sender: rate limits (bench/ratelimit.py measures them) are off
+# unless a --gateway-set turns them on.
+EXTRA_SETS: list[str] = ["ratelimit.enabled=false"]
 
 
 def main(argv: list[str] | None = None) -> int:

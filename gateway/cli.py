@@ -20,6 +20,8 @@ from .dkimcli import add_parsers as add_dkim_parsers
 from .dkimkeys import DkimKeyError
 from .keyscli import add_parsers as add_keys_parsers
 from .model import SpoolEntry
+from .ratelimitcli import add_parsers as add_limits_parsers
+from .ratelimitcli import add_user_unlock
 from .spool import STATES, Spool, SpoolError
 from .tlsprobe import add_parsers as add_tls_parsers
 from .users import UserDB
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = usub.add_parser(name, help=text)
         _common(p)
         p.add_argument("name")
+    add_user_unlock(usub, _common)
     p = usub.add_parser("list", help="list users")
     _common(p)
 
@@ -99,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dkim_parsers(sub)
     add_tls_parsers(sub, _common)
     add_keys_parsers(sub, _common)
+    add_limits_parsers(sub, _common)
     return parser
 
 
@@ -144,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _queue(args, _load(args))
         if args.command == "user":
             return _user(args, _load(args))
-        if args.command in ("dkim", "dns"):
+        if args.command in ("dkim", "dns", "limits") or (
+                args.command == "user" and args.action == "unlock"):
             return int(args.handler(args, _load(args)))
         if args.command == "keys":
             from .keyscli import run as keys_run
@@ -303,7 +308,7 @@ def _user(args: argparse.Namespace, cfg: Config) -> int:
     audit = AuditLog(cfg.log.audit_file, stdout=False)
     if args.action == "list":
         for u in sorted(db.users.values(), key=lambda u: u.name):
-            state = "disabled" if u.disabled else "active"
+            state = "disabled" if u.disabled else ("locked" if u.locked else "active")
             print(f"{u.name:24} {state:9} {', '.join(u.senders)}")
         return 0
     if args.action == "add":

@@ -232,6 +232,9 @@ def make_gateway(var: Path, *extra: str, transport: dict[str, int] | None = None
         # Relay tests run without the PHI engine (its own tests turn it on); compiled
         # Hyperscan databases are shared between test gateways.
         "rules.enabled=false",
+        # Rate limits would slow the load tests (hundreds of messages from one sender); the
+        # rate-limit tests turn them on.
+        "ratelimit.enabled=false",
         f"rules.cache_dir={ROOT / '.cache' / 'hyperscan'}",
     ]
     if transport:

@@ -22,7 +22,9 @@ def test_relay_delivers_and_logs(gateway_factory, sink):
     qid = reply.split()[-1].decode()
     got = sink.wait_for(1)[0]
     assert got.mail_from == "alice@example.org" and got.rcpt_tos == ["bob@dest.test"]
-    assert got.data.startswith(b"Received: from client.test ([127.0.0.1])")
+    # the DKIM signature (added last, at delivery) on top, then our Received trace field
+    assert got.data.startswith(b"DKIM-Signature: v=1;")
+    assert b"\r\nReceived: from client.test ([127.0.0.1])" in got.data
     assert f"id {qid}".encode() in got.data
     assert b"synthetic test body" in got.data
     ev = gw.wait_event(lambda e: e["event.action"] == "delivery.delivered")
