@@ -15,7 +15,7 @@ import pytest
 
 from gateway.audit import AuditLog, load_or_create_key, read_state, state_file
 from gateway.auditcli import audit_files, cmd_search, cmd_verify, parse_time, trail, verify
-from gateway.config import Config, load_config
+from gateway.config import Config, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -241,3 +241,23 @@ def test_search_follows_bounces_and_portal(tmp_path: Path,
     assert cmd_search(args, cfg) == 0
     assert len(capsys.readouterr().out.splitlines()) == 7
     assert parse_time("2025-01-31T08:00Z").isoformat() == "2025-01-31T08:00:00+00:00"
+
+
+def test_log_config_keys(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    assert cfg.log.hmac_key_file == tmp_path / "audit.key" and cfg.log.rotate_size == 0
+    cfg = _cfg(tmp_path, "log.rotate_size=10MB", "log.hmac_key_file=/etc/phigate/audit.key")
+    assert cfg.log.rotate_size == 10 * 1024 * 1024
+    assert cfg.log.hmac_key_file == Path("/etc/phigate/audit.key")
+    conf = tmp_path / "gateway.yaml"
+    conf.write_text("log:\n  audit_file: a.jsonl\n  rotate_size: lots\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(conf, [])
+    assert any(p.startswith(f"{conf}:3:") and "rotate_size" in p for p in err.value.problems)
+
+
+def test_verify_without_key_says_so(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        cmd_verify(argparse.Namespace(files=[]), cfg)
+    assert "no audit log key" in err.value.problems[0]
