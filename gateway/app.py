@@ -146,7 +146,7 @@ class Gateway:
         self.key = key
         self.runtime = runtime or Runtime()
         self.worker = worker
-        self.audit = audit or AuditLog(config.log.audit_file, config.log.stdout)
+        self.audit = audit or AuditLog.from_config(config.log)
         self.spool = Spool(config.paths.spool)
         self.servers: list[asyncio.base_events.Server] = []
         self.handlers: list[IntakeHandler] = []
@@ -361,7 +361,7 @@ def run(config_path: Path, overrides: Sequence[str]) -> int:
     except DkimKeyError as err:
         print(str(err), file=sys.stderr)
         return 1
-    audit = AuditLog(config.log.audit_file, config.log.stdout)
+    audit = AuditLog.from_config(config.log)
     recovered = Spool(config.paths.spool).recover()
     audit.emit("queue.recovered", {"count": recovered["requeued"], "queue.state": "incoming"})
     if recovered["corrupt"]:

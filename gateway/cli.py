@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .audit import AuditLog
+from .auditcli import add_parsers as add_audit_parsers
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from .delivery import FLUSH_TRIGGER
 from .dkim import Signer
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_parsers(sub, _common)
     add_keys_parsers(sub, _common)
     add_limits_parsers(sub, _common)
+    add_audit_parsers(sub, _common)
     return parser
 
 
@@ -151,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("dkim", "dns", "limits") or (
                 args.command == "user" and args.action == "unlock"):
             return int(args.handler(args, _load(args)))
+        if args.command == "audit":
+            from .auditcli import run as audit_run
+
+            return audit_run(args, _load(args))
         if args.command == "keys":
             from .keyscli import run as keys_run
 
@@ -218,7 +224,7 @@ def _queue(args: argparse.Namespace, cfg: Config) -> int:
         if not args.json:
             print(f"-- {count} message(s)")
         return 0
-    audit = AuditLog(cfg.log.audit_file, stdout=False)
+    audit = AuditLog.from_config(cfg.log, stdout=False)
     if args.action == "show":
         state = spool.find(args.queue_id)
         if state is None:
@@ -305,7 +311,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def _user(args: argparse.Namespace, cfg: Config) -> int:
     db = UserDB.load(cfg.auth.users_file)
-    audit = AuditLog(cfg.log.audit_file, stdout=False)
+    audit = AuditLog.from_config(cfg.log, stdout=False)
     if args.action == "list":
         for u in sorted(db.users.values(), key=lambda u: u.name):
             state = "disabled" if u.disabled else ("locked" if u.locked else "active")

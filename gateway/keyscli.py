@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         if not args.json:
             print(f"-- {len(infos)} key(s)")
         return 0
-    audit = AuditLog(cfg.log.audit_file, stdout=False)
+    audit = AuditLog.from_config(cfg.log, stdout=False)
     try:
         if args.action == "import":
             return _import(args, store, audit, now)

@@ -91,7 +91,7 @@ def cmd_user_unlock(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     db.set_user(args.name, locked=False)
     db.save()
-    AuditLog(cfg.log.audit_file, stdout=False).emit(
+    AuditLog.from_config(cfg.log, stdout=False).emit(
         "user.unlock", {"user.name": args.name, "admin.reason": f"by {_admin()}"[:200]})
     print(f"{args.name}: unlocked (takes effect at the next login)")
     return 0
@@ -201,7 +201,7 @@ def cmd_clear(args: argparse.Namespace, cfg: Config) -> int:
         os.replace(tmp, path)
         print(f"{sender}: hold lifted (each worker applies it within "
               f"{cfg.ratelimit.snapshot_interval:g} s)")
-    AuditLog(cfg.log.audit_file, stdout=False).emit(
+    AuditLog.from_config(cfg.log, stdout=False).emit(
         "ratelimit.cleared", {"email.from.address": sender, "user.name": _admin()})
     return 0
 

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _manage(args: argparse.Namespace, cfg: Config, st: PortalStore) -> int:
-    audit = AuditLog(cfg.log.audit_file, stdout=False)
+    audit = AuditLog.from_config(cfg.log, stdout=False)
     now = time.time()
     if args.action == "list":
         rows = st.pickups(sender=args.sender, recipient=args.recipient)
@@ -100,7 +100,7 @@ def _serve(cfg: Config) -> int:
     from .service import PortalService
 
     async def main() -> None:
-        audit = AuditLog(cfg.log.audit_file, cfg.log.stdout)
+        audit = AuditLog.from_config(cfg.log)
         service = PortalService(cfg, audit)
         await service.serve(bind(cfg.portal.listen))
         service.start_purger()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import smtplib
 
 from tests.conftest import message
@@ -32,6 +33,13 @@ def test_relay_delivers_and_logs(gateway_factory, sink):
     acc = next(e for e in gw.events() if e["event.action"] == "message.accepted")
     assert acc["email.local_id"] == qid and acc["email.size"] > 0
     assert not any(qid in p.name for p in (gw.var / "spool").rglob("*") if p.is_file())
+    # the decision log's hash chain verifies, and the message's trail can be found
+    log = str(gw.var / "log" / "audit.jsonl")
+    out = gw.cli("audit", "verify", log)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = gw.cli("audit", "search", "--queue-id", qid, "--json")
+    actions = [json.loads(line)["event.action"] for line in out.stdout.splitlines()]
+    assert "message.accepted" in actions and "delivery.delivered" in actions
 
 
 def test_stranger_cannot_relay(gateway_factory, sink):
