@@ -303,13 +303,17 @@ def _split_cells(line: bytes) -> tuple[bytes, list[int]] | None:
             starts.append(pos + 1)
             pos = line.find(delim, pos + 1)
         return delim, starts
-    d = delim[0]
+    # a delimiter is inside quotes when an odd number of quotes comes before it
     quoted = False
-    for i, b in enumerate(line):
-        if b == 34:  # '"'
+    prev = 0
+    pos = line.find(delim)
+    while pos >= 0:
+        if line.count(b'"', prev, pos) % 2:
             quoted = not quoted
-        elif b == d and not quoted:
-            starts.append(i + 1)
+        prev = pos
+        if not quoted:
+            starts.append(pos + 1)
+        pos = line.find(delim, pos + 1)
     return delim, starts
 
 
@@ -410,16 +414,18 @@ class _Tables:
         ls = self.data.rfind(b"\n", max(0, pos - _MAX_ROW), pos) + 1
         if ls == 0 and pos > _MAX_ROW:
             return ()  # a line this long is not a table row
+        plain = self._plain.get(ls)
+        if plain is None:  # not a row, or a line of prose: no colon, not a two-cell row, no
+            # header above
+            _, line, cells = self._line(ls)
+            plain = self._plain[ls] = cells is None or (b":" not in line and not (
+                len(cells[1]) == 2 and cells[0] in (b"\t", b"|")) and self._header_of(ls) == ls)
+        if plain:
+            return ()
         _, line, cells = self._line(ls)
         if cells is None:
             return ()
         delim, starts = cells
-        plain = self._plain.get(ls)
-        if plain is None:  # a line of prose: no colon, not a two-cell row, no header above
-            plain = self._plain[ls] = b":" not in line and not (
-                len(starts) == 2 and delim in (b"\t", b"|")) and self._header_of(ls) == ls
-        if plain:
-            return ()
         col = bisect.bisect_right(starts, pos - ls) - 1
         cell_end = starts[col + 1] - 1 if col + 1 < len(starts) else len(line)
         cell = line[starts[col]:cell_end]
