@@ -671,6 +671,19 @@ class Engine:
         plans = self._plans
         n = len(data)
         single = len(chunks) == 1
+        matched: dict[tuple[re.Pattern[str], tuple[str, ...]], bool] = {}
+
+        def label_ok(words: re.Pattern[str], labels: tuple[str, ...]) -> bool:
+            """Does a column or row label hold one of ``words`` (memoised per message: the
+            cells of a column share their labels)?"""
+            if not labels:
+                return False
+            key = (words, labels)
+            got = matched.get(key)
+            if got is None:
+                got = matched[key] = _labelled(words, labels)
+            return got
+
         where0, kind0 = chunks[0].where, chunks[0].kind
         for spec_i, start, ends in candidates:
             plan = plans[spec_i]
@@ -698,7 +711,7 @@ class Engine:
                                                 context_pos)
             if required and not window_ok and (
                     col_words is None or not present.any_of(col_first)
-                    or not _labelled(col_words, tables.labels(start))):
+                    or not label_ok(col_words, tables.labels(start))):
                 continue
             if excl_ids and _near(excl_ids, start - excl_window, start - 1, context_pos):
                 continue
@@ -738,7 +751,7 @@ class Engine:
                 base = starts[ci]
                 hit = Hit(sid, stype, scat, chunks[ci].where, start - base, end - base, sscore,
                           sstrong, data[start:end].decode("utf-8", "replace"), chunks[ci].kind)
-            if patient_cols is not None and _labelled(patient_cols, tables.labels(start)):
+            if patient_cols is not None and label_ok(patient_cols, tables.labels(start)):
                 hit = hit._replace(category=PERSON)
             elif is_name:
                 if correspondents is None:

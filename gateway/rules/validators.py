@@ -154,13 +154,14 @@ def ip_address(text: str) -> bool:
     return not (addr.is_loopback or addr.is_unspecified)
 
 
+_NUMBER = re.compile(r"\d+")
+_MONTH = re.compile(r"jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec")
+
+
 def date(text: str) -> bool:
     """A calendar date that could be a birth date (year 1900-2030, month and day in range)."""
-    nums = [int(n) for n in re.findall(r"\d+", text)]
-    months = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-    low = text.lower()
-    month_word = next((i + 1 for i, m in enumerate(months) if m in low), None)
-    if month_word is not None:
+    nums = [int(n) for n in _NUMBER.findall(text)]
+    if _MONTH.search(text.lower()) is not None:  # a month name
         if len(nums) < 2:
             return False
         day, year = nums[0], nums[-1]
