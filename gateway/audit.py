@@ -195,6 +195,8 @@ class AuditLog:
         self._writer = _Writer(path, stdout, chain)
         self.path = path
         self._extra = dict(extra or {})
+        # called with (action, fields) after each logged event; must not raise (gateway.metrics)
+        self.observers: list[Callable[[str, Mapping[str, Any]], None]] = []
         self._log = structlog.wrap_logger(
             self._writer,
             processors=[_validate, structlog.processors.JSONRenderer(serializer=_dumps)],
@@ -221,6 +223,8 @@ class AuditLog:
         for key, value in kw.items():
             event[key.replace("__", ".")] = value
         self._log.msg(action, **event)
+        for observe in self.observers:
+            observe(action, event)
 
     def close(self) -> None:
         self._writer.close()
