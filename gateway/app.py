@@ -46,6 +46,8 @@ from .users import UserDB
 if TYPE_CHECKING:
     from portal.service import PortalService
 
+    from .metrics import MetricsServer
+
 LISTENERS = {
     "relay": Listener("relay", require_auth=False, implicit_tls=False),
     "submission": Listener("submission", require_auth=True, implicit_tls=False),
@@ -157,6 +159,7 @@ class Gateway:
         self.portal: PortalService | None = None
         self.limiter: RateLimiter | None = None
         self.tls_policy: TlsPolicy | None = None
+        self.metrics_server: MetricsServer | None = None
 
     def _state(self, config: Config) -> IntakeState:
         users = UserDB.load(config.auth.users_file)
@@ -198,6 +201,10 @@ class Gateway:
         clock = self.runtime.clock
         configure_stdlib_logging(self.audit)
         self.spool.ensure()
+        if cfg.metrics.listen is not None:
+            from .metrics import start_for_worker  # prometheus-client: only when used
+
+            self.metrics_server = await start_for_worker(self.audit, cfg, self.worker)
         state = self._state(cfg)
         self.limiter = state.limiter = RateLimiter(cfg, self.audit, clock, self.worker)
         await self.limiter.start()
@@ -324,6 +331,8 @@ class Gateway:
         self.audit.emit("service.stopped", {"process.pid": os.getpid(),
                                             "process.worker": self.worker,
                                             "service.state": "stopped"})
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         self._stopped.set()
 
     async def serve(self) -> None:
