@@ -155,6 +155,11 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class QuarantineConfig:
+    notify: str | None = None  # a DLP reviewer told (without PHI) when a message is held
+
+
+@dataclass(frozen=True)
 class RulesConfig:
     dir: Path
     cache_dir: Path  # compiled Hyperscan databases
@@ -347,6 +352,7 @@ class Config:
     encrypt: EncryptConfig = EncryptConfig()
     outbound_addresses: tuple[str, ...] = ()  # as receivers see them; `dns check` tests SPF
     ratelimit: RateLimitConfig = RateLimitConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -620,6 +626,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
             "hostname", "organisation", "domains", "trusted_networks", "listen", "smtp", "auth",
             "delivery", "dns", "tls", "log", "portal", "metrics", "paths", "workers",
             "rules", "dkim", "ratelimit", "audit", "outbound_addresses", "encrypt",
+            "quarantine",
         ],
     )
     paths_d = chk.section(top.get("paths"), "paths", ["var"])
@@ -793,6 +800,9 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
     metrics = MetricsConfig(
         listen=chk.get(metrics_d, "metrics", "listen", _opt_hostport, _hp("127.0.0.1", 9325))
     )
+    quarantine_d = chk.section(top.get("quarantine"), "quarantine", ["notify"])
+    quarantine = QuarantineConfig(
+        notify=chk.get(quarantine_d, "quarantine", "notify", _address, None))
     rules_d = chk.section(top.get("rules"), "rules",
                           ["dir", "cache_dir", "enabled", "scan_timeout", "processes",
                            "worker_memory_mb"])
@@ -832,6 +842,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         encrypt=encrypt,
         outbound_addresses=chk.get(top, "", "outbound_addresses", _list(_ip_text), ()),
         ratelimit=ratelimit,
+        quarantine=quarantine,
         raw=top,
     )
     for name in dkim.domains:
