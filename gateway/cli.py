@@ -14,13 +14,14 @@ from pathlib import Path
 
 from .audit import AuditLog
 from .auditcli import add_parsers as add_audit_parsers
-from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from .config import DEFAULT_CONFIG, Config, ConfigError, _duration, load_config
 from .delivery import FLUSH_TRIGGER
 from .dkim import Signer
 from .dkimcli import add_parsers as add_dkim_parsers
 from .dkimkeys import DkimKeyError
 from .keyscli import add_parsers as add_keys_parsers
 from .model import SpoolEntry
+from .quarantine import fmt_age, held_rules, matches, release_to_portal
 from .ratelimitcli import add_parsers as add_limits_parsers
 from .ratelimitcli import add_user_unlock
 from .spool import STATES, Spool, SpoolError
@@ -49,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = qsub.add_parser("list", help="list queued messages")
     _common(p)
     p.add_argument("--state", choices=STATES, action="append")
-    p.add_argument("--sender")
+    p.add_argument("--sender", help="only messages from this envelope sender")
+    p.add_argument("--rule", help="only messages a rule with this id decided (held messages: "
+                   "the rule that held them, or 'ratelimit')")
+    p.add_argument("--older-than", dest="older_than", type=_age, metavar="DURATION",
+                   help="only messages queued longer than this (e.g. 30m, 4h, 2d)")
     p.add_argument("--json", action="store_true")
     p = qsub.add_parser("show", help="show one message's envelope, verdict and status")
     _common(p)
@@ -62,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("queue_ids", nargs="+", metavar="QUEUE_ID")
         p.add_argument("--reason", default="", help="recorded in the audit log")
+        if name == "release":
+            p.add_argument("--to-portal", dest="to_portal", action="store_true",
+                           help="deliver through the pickup portal: every recipient not "
+                                "encrypted end to end gets a notification and a link")
     p = qsub.add_parser("flush", help="attempt every deferred message now")
     _common(p)
 
@@ -106,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_limits_parsers(sub, _common)
     add_audit_parsers(sub, _common)
     return parser
+
+
+def _age(text: str) -> float:
+    try:
+        return _duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -208,7 +224,8 @@ def _queue(args: argparse.Namespace, cfg: Config) -> int:
         states = tuple(args.state) if args.state else STATES
         count = 0
         for e in spool.entries(states):
-            if args.sender and e.envelope.mail_from.lower() != args.sender.lower():
+            if not matches(e, now, sender=args.sender, rule=args.rule,
+                           older_than=args.older_than):
                 continue
             count += 1
             if args.json:
@@ -218,6 +235,10 @@ def _queue(args: argparse.Namespace, cfg: Config) -> int:
             print(f"{e.queue_id:22} {e.state:9} {e.size:>9} "
                   f"{time.strftime('%a %b %d %H:%M:%S', time.localtime(e.envelope.received_at))}"
                   f"  <{e.envelope.mail_from}>")
+            if e.state == "hold":
+                print(f"{'':33}held by {', '.join(held_rules(e.verdict))}, "
+                      f"{fmt_age(now - e.envelope.received_at)} ago, "
+                      f"{len(e.envelope.rcpt_tos)} recipient(s)")
             for r in pending:
                 reason = f" ({r.last_code} {r.last_reply})" if r.last_code else ""
                 print(f"{'':33}<{r.recipient}>{reason[:120]}")
@@ -257,10 +278,16 @@ def _queue(args: argparse.Namespace, cfg: Config) -> int:
         audit.emit("queue.flush", {"count": n, "user.name": _admin()})
         print(f"flushed {n} deferred message(s)")
         return 0
+    to_portal = bool(getattr(args, "to_portal", False))
+    if to_portal and not cfg.portal.enabled:
+        print("release --to-portal needs the pickup portal, which is disabled "
+              "(portal.enabled: false)", file=sys.stderr)
+        return 1
     rc = 0
     for qid in args.queue_ids:
         state = spool.find(qid)
         ok = False
+        extra: dict[str, object] = {}
         if state is None:
             print(f"{qid}: not in the queue", file=sys.stderr)
         elif state == "active":
@@ -271,15 +298,23 @@ def _queue(args: argparse.Namespace, cfg: Config) -> int:
             if state != "hold":
                 print(f"{qid}: not held (state {state})", file=sys.stderr)
             else:
-                ok = spool.move(qid, "hold", "incoming")
+                try:
+                    if to_portal:
+                        verdict = release_to_portal(spool, qid)
+                        extra = {"verdict.action": "portal",
+                                 "verdict.recipients": [rv.to_json()
+                                                        for rv in verdict.recipients]}
+                    ok = spool.move(qid, "hold", "incoming")
+                except (OSError, SpoolError) as err:
+                    print(f"{qid}: cannot release: {err}", file=sys.stderr)
         elif args.action == "delete":
             spool.remove(qid, state)
             ok = True
         if ok:
             audit.emit(f"queue.{args.action}", {"email.local_id": qid, "queue.state": state,
                                                 "admin.reason": args.reason[:200] or None,
-                                                "user.name": _admin()})
-            print(f"{qid}: {args.action} done")
+                                                "user.name": _admin(), **extra})
+            print(f"{qid}: {args.action}{' to the portal' if extra else ''} done")
         else:
             rc = 1
     if args.action == "release":

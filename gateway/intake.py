@@ -36,6 +36,7 @@ from .delivery import Handoff
 from .mime import header_section_size
 from .model import Envelope
 from .policy import Policy
+from .quarantine import notify_reviewer
 from .spool import Spool, new_queue_id
 from .users import User, UserDB
 
@@ -593,6 +594,9 @@ class IntakeHandler:
         self.audit.emit("message.accepted", {**base, "event.outcome": "success",
                                              "queue.state": state,
                                              "body.8bit": undeclared_8bit or None})
+        if state == "hold" and self.state.config.quarantine.notify:
+            await notify_reviewer(self.state.config, self.spool, self.audit, self.on_queued,
+                                  qid, env, verdict, self.state.policy, self.clock())
         if state == "incoming":
             self.on_queued(qid, state, Handoff(env, verdict, raw))
         return f"250 2.0.0 Ok: queued as {qid}"
