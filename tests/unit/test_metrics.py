@@ -171,3 +171,24 @@ def test_observer_cost_per_event(tmp_path: Path) -> None:
     print(f"\naudit event {b * 1e6:.1f} us; with the metrics observer {w * 1e6:.1f} us "
           f"(x{w / b:.2f}); the observer alone {a * 1e6:.1f} us per event")
     assert _val(m, "phigate_audit_events_total", action="message.accepted") >= n
+
+
+def test_dashboard_uses_only_metrics_we_export(tmp_path: Path) -> None:
+    import json
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    dash = json.loads((root / "conf" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(phigate_[a-z_]+)", e)}
+    spool = Spool(tmp_path / "spool")
+    spool.ensure()
+    m = GatewayMetrics(CollectorRegistry())
+    for action in ("delivery.delivered", "portal.stored", "ratelimit.refused", "bounce.created",
+                   "message.accepted", "message.rejected", "message.deferred", "portal.verified"):
+        m.observe(action, {"delivery.duration": 1.0})
+    m.observe("message.verdict", {"phi.findings": [{"type": "mrn", "count": 1}],
+                                  "verdict.recipients": [{"action": "deliver", "rule": "r"}]})
+    text = exposition(m, SpoolCollector(spool.root), None).decode()
+    exported = set(re.findall(r"^(phigate_[a-z_]+)", text, re.M))
+    assert used and used <= exported, used - exported
