@@ -235,6 +235,7 @@ def make_gateway(var: Path, *extra: str, transport: dict[str, int] | None = None
         # Rate limits would slow the load tests (hundreds of messages from one sender); the
         # rate-limit tests turn them on.
         "ratelimit.enabled=false",
+        "metrics.listen=off",  # the metrics tests give their gateways a free port
         f"rules.cache_dir={ROOT / '.cache' / 'hyperscan'}",
     ]
     if transport:
