@@ -29,6 +29,18 @@ restart. ``RedisBackend`` (``ratelimit.redis``) keeps it in Redis, updated by Lu
 ``on_redis_error`` decides: ``open`` accepts and logs ``ratelimit.alert`` (reason
 ``backend_unavailable``), ``closed`` answers ``451 4.3.0``; Redis is then left alone for a
 second, so an outage costs no time per message.
+
+Leased tokens (Redis only, to save a round trip per step): a bucket this worker took from
+in the last second (``LEASE_FOR``) gets, with its next take, up to as many whole tokens again
+(at most ``LEASE_MAX`` = 64 and a tenth of what the bucket refills in a second), which the
+worker then spends locally for up to a second; the sender's flags read with them are trusted
+for as long. Every leased token was taken from Redis, so the workers together never take more
+than a bucket holds; but a lease not spent within its second is lost (a busy bucket runs short
+by at most one lease per worker per second) and a worker may spend a token up to a second after
+it left Redis (a window can see at most one lease per worker more). A bucket that refills by
+fewer than 10 tokens a second (e.g. 500 per minute or less) is never leased and stays exact, as
+is every bucket a worker did not use in the previous second. A hold set by another worker is seen
+here up to a second late; one set or cleared by this worker at once.
 """
 
 from __future__ import annotations
@@ -54,6 +66,9 @@ from .users import UserDB
 T = TypeVar("T")
 HOUR_TTL = 15 * 86400  # per-hour anomaly counters wait this long to be learned
 BREAKER = 1.0  # seconds Redis is left alone after a failure
+LEASE_FOR = 1.0  # seconds a Redis worker may spend tokens it leased (and trust cached flags)
+LEASE_MAX = 64  # tokens leased per bucket and call, at most
+LEASE_SHARE = 0.1  # and at most this share of what the bucket refills in LEASE_FOR
 ALERT_EVERY = 30.0  # backend_unavailable alerts at most this often (per worker)
 WINDOW_WORDS = {"minute": "minute", "hour": "hour", "day": "24 hours"}
 
@@ -339,8 +354,10 @@ class MemoryBackend:
 
 
 # KEYS: bucket keys, then (optional) the flags hash. ARGV: now, number of buckets, then
-# capacity, rate, amount, ttl for each bucket. Returns {denied index (0 = none), tokens
-# left there, flags as a flat list}.
+# capacity, rate, amount, ttl and lease for each bucket. Takes ``amount`` from every bucket or
+# from none; on success also takes up to ``lease`` more whole tokens from each (as many as it
+# has) for the caller to spend locally. Returns {denied index (0 = none), tokens left there,
+# flags as a flat list, the tokens leased from each bucket...}.
 _TAKE = """
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
@@ -348,7 +365,7 @@ local levels = {}
 local flags = {}
 if #KEYS > n then flags = redis.call('HGETALL', KEYS[n + 1]) end
 for i = 1, n do
-  local a = 3 + (i - 1) * 4
+  local a = 3 + (i - 1) * 5
   local cap, rate, amt = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local v = redis.call('HMGET', KEYS[i], 't', 'ts')
   local tokens, ts = tonumber(v[1]), tonumber(v[2])
@@ -357,12 +374,15 @@ for i = 1, n do
   if tokens < amt then return {i, tostring(tokens), flags} end
   levels[i] = tokens - amt
 end
+local out = {0, '0', flags}
 for i = 1, n do
-  local a = 3 + (i - 1) * 4
-  redis.call('HSET', KEYS[i], 't', tostring(levels[i]), 'ts', ARGV[1])
+  local a = 3 + (i - 1) * 5
+  local grant = math.max(0, math.min(tonumber(ARGV[a + 4]), math.floor(levels[i])))
+  redis.call('HSET', KEYS[i], 't', tostring(levels[i] - grant), 'ts', ARGV[1])
   redis.call('EXPIRE', KEYS[i], ARGV[a + 3])
+  out[3 + i] = grant
 end
-return {0, '0', flags}
+return out
 """
 
 # KEYS: hour hash, hour domain set, baseline. ARGV: findings, ttl, domains...
@@ -381,7 +401,8 @@ return {h[1], h[2], h[3], redis.call('SCARD', KEYS[2]), redis.call('GET', KEYS[3
 
 
 class RedisBackend:
-    """State in Redis, shared by every worker and node; each step is one Lua script call."""
+    """State in Redis, shared by every worker and node; each step is one Lua script call, or
+    none while this worker holds leased tokens for every bucket of the step."""
 
     name = "redis"
 
@@ -396,22 +417,65 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0), decode_responses=True)
         self._take = self.client.register_script(_TAKE)
         self._record = self.client.register_script(_RECORD)
+        self._leases: dict[str, list[float]] = {}  # bucket key -> [tokens, spend before]
+        self._demand: dict[str, list[float]] = {}  # bucket key -> [takes, since, last period]
+        self._flag_cache: dict[str, tuple[float, dict[str, float]]] = {}  # key -> (until, ..)
 
     def _k(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
 
+    def _lease_size(self, b: Bucket, now: float) -> int:
+        """How many tokens to lease beyond this take: what this process took from the bucket
+        in the last lease period, at most ``LEASE_MAX`` and a tenth of what the bucket refills
+        in a period (so a small limit is never leased, and is exact)."""
+        d = self._demand.get(b.key)
+        if d is None or now - d[1] > 2 * LEASE_FOR:
+            d = self._demand[b.key] = [0.0, now, 0.0]
+        elif now - d[1] > LEASE_FOR:
+            d[:] = [0.0, now, d[0]]
+        d[0] += 1
+        if b.amount != 1.0:
+            return 0
+        return int(min(LEASE_MAX, d[2], b.rate * LEASE_FOR * LEASE_SHARE))
+
     async def take(self, buckets: Sequence[Bucket], now: float,
                    flags: str | None = None) -> TakeResult:
+        cached = self._flag_cache.get(flags) if flags else None
+        live = cached[1] if cached is not None and cached[0] > now else None
+        if flags is None or live is not None:
+            leases = [self._leases.get(b.key) for b in buckets]
+            if all(ls is not None and ls[1] > now and ls[0] >= b.amount
+                   for ls, b in zip(leases, buckets, strict=True)):
+                for ls, b in zip(leases, buckets, strict=True):
+                    assert ls is not None
+                    ls[0] -= b.amount
+                    self._lease_size(b, now)  # counts the demand
+                return TakeResult(-1, 0.0, {f: u for f, u in (live or {}).items() if u > now})
         keys = [self._k("b", b.key) for b in buckets]
         if flags:
             keys.append(self._k("f", flags))
         args: list[Any] = [repr(now), len(buckets)]
         for b in buckets:
-            args += [repr(b.capacity), repr(b.rate), repr(b.amount), b.ttl]
-        denied, tokens, flat = await self._take(keys=keys, args=args)
+            args += [repr(b.capacity), repr(b.rate), repr(b.amount), b.ttl,
+                     self._lease_size(b, now)]
+        denied, tokens, flat, *grants = await self._take(keys=keys, args=args)
         found = {str(flat[i]): float(flat[i + 1]) for i in range(0, len(flat), 2)}
+        if flags:
+            self._flag_cache[flags] = (now + LEASE_FOR, found)
+        for b, g in zip(buckets, grants, strict=False):
+            if int(g) > 0:
+                ls = self._leases.get(b.key)
+                left = ls[0] if ls is not None and ls[1] > now else 0.0
+                self._leases[b.key] = [left + int(g), now + LEASE_FOR]
+        if len(self._leases) > 10_000 or len(self._flag_cache) > 10_000:
+            self._forget(now)
         return TakeResult(int(denied) - 1, float(tokens),
                           {f: u for f, u in found.items() if u > now})
+
+    def _forget(self, now: float) -> None:
+        self._leases = {k: v for k, v in self._leases.items() if v[1] > now}
+        self._flag_cache = {k: v for k, v in self._flag_cache.items() if v[0] > now}
+        self._demand = {k: v for k, v in self._demand.items() if now - v[1] <= 2 * LEASE_FOR}
 
     async def levels(self, buckets: Sequence[Bucket], now: float) -> list[float]:
         async with self.client.pipeline(transaction=False) as p:
@@ -436,8 +500,12 @@ class RedisBackend:
             p.hset(k, name, repr(until))
             p.expire(k, max(1, math.ceil(until - now)))
             await p.execute()
+        cached = self._flag_cache.get(key)
+        if cached is not None:
+            cached[1][name] = until
 
     async def clear(self, key: str) -> None:
+        self._flag_cache.pop(key, None)
         await self.client.delete(self._k("f", key))
 
     async def once(self, key: str, ttl: float, now: float) -> bool:

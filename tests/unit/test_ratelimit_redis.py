@@ -90,3 +90,43 @@ async def test_outage_fail_open_and_fail_closed(tmp_path: Path,
     assert any(e["event.action"] == "ratelimit.backend_recovered" for e in ev)
     await open_.close()
     await closed.close()
+
+
+async def test_leased_tokens_shared_by_two_processes(redis_server: RedisServer) -> None:
+    """A busy bucket is leased in batches (fewer Redis calls), yet two processes together
+    never take more than it holds; a bucket refilling slowly is never leased (exact)."""
+    from gateway.ratelimit import LEASE_FOR, Bucket
+
+    a = RedisBackend(redis_server.url, 1.0)
+    b = RedisBackend(redis_server.url, 1.0)
+    calls = {"n": 0}
+    for be in (a, b):
+        script = be._take
+
+        async def counted(*args: object, _s: object = script, **kw: object) -> object:
+            calls["n"] += 1
+            return await _s(*args, **kw)  # type: ignore[operator]
+
+        be._take = counted  # type: ignore[assignment]
+    busy = Bucket("sender:x:messages:second", 100.0, 100.0, 1.0, 2)
+    slow = Bucket("sender:x:messages:day", 1000.0, 1000.0 / 86400, 1.0, 86401)
+    for _ in range(10):  # learn the demand: nothing leased yet
+        assert (await a.take([busy, slow], 0.0)).denied == -1
+        assert (await b.take([busy, slow], 0.0)).denied == -1
+    assert calls["n"] == 20
+    t = LEASE_FOR * 1.5  # a new period: the busy bucket is full again
+    ok = 0
+    while True:
+        ra, rb = await a.take([busy], t), await b.take([busy], t)
+        ok += (ra.denied == -1) + (rb.denied == -1)
+        if ra.denied >= 0 and rb.denied >= 0:
+            break
+    assert ok == 100  # every token spent once, by one of the two
+    assert calls["n"] < 20 + 100 // 3
+    # the slow bucket: each take is one exact call, nothing held back
+    calls["n"] = 0
+    for _ in range(5):
+        assert (await a.take([slow], t)).denied == -1
+    assert calls["n"] == 5 and not a._leases.get(slow.key)
+    await a.close()
+    await b.close()
