@@ -41,6 +41,13 @@ it left Redis (a window can see at most one lease per worker more). A bucket tha
 fewer than 10 tokens a second (e.g. 500 per minute or less) is never leased and stays exact, as
 is every bucket a worker did not use in the previous second. A hold set by another worker is seen
 here up to a second late; one set or cleared by this worker at once.
+
+Anomaly counters (Redis only) are batched the same way: a worker that read a sender's hour and
+baseline from Redis in the last second counts further messages locally and scores them against
+that reading plus its own count; the local counts go to Redis with the next reading, or within
+a second from the background flush (and on shutdown). Another node's messages are seen up to a
+second late, a crash loses at most a second of one worker's counts, and an external domain that
+two workers first see in the same second may count twice until the next reading.
 """
 
 from __future__ import annotations
@@ -198,8 +205,13 @@ class Backend(Protocol):
         ...
 
     async def record(self, sender: str, hour: int, domains: Sequence[str],
-                     findings: float) -> tuple[HourStats, Baseline | None]:
+                     findings: float, now: float) -> tuple[HourStats, Baseline | None]:
         """Count one message in the sender's hour; return the hour so far and the baseline."""
+        ...
+
+    async def flush(self, now: float, drop: bool = False) -> None:
+        """Send counts kept locally for a while (all of them with ``drop``; a no-op where
+        nothing is kept)."""
         ...
 
     async def claim_fold(self, sender: str, hour: int) -> bool: ...
@@ -290,7 +302,7 @@ class MemoryBackend:
         return True
 
     async def record(self, sender: str, hour: int, domains: Sequence[str],
-                     findings: float) -> tuple[HourStats, Baseline | None]:
+                     findings: float, now: float) -> tuple[HourStats, Baseline | None]:
         hours = self._hours.setdefault(sender, {})
         st = hours.get(hour)
         if st is None:
@@ -301,6 +313,9 @@ class MemoryBackend:
         st[3].update(domains)
         self.changes += 1
         return HourStats(st[0], len(st[3]), st[1], st[2]), self._base.get(sender)
+
+    async def flush(self, now: float, drop: bool = False) -> None:
+        return None
 
     async def claim_fold(self, sender: str, hour: int) -> bool:
         return True  # one event loop: nobody else folds concurrently
@@ -385,19 +400,64 @@ end
 return out
 """
 
-# KEYS: hour hash, hour domain set, baseline. ARGV: findings, ttl, domains...
+# KEYS: hour hash, hour domain set, baseline. ARGV: messages, sum of findings, sum of their
+# squares, ttl, domains... Returns the hour's counts after adding these and the baseline.
 _RECORD = """
-redis.call('HINCRBY', KEYS[1], 'm', 1)
-redis.call('HINCRBYFLOAT', KEYS[1], 'p', ARGV[1])
-redis.call('HINCRBYFLOAT', KEYS[1], 'q', tostring(tonumber(ARGV[1]) ^ 2))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if #ARGV > 2 then
-  redis.call('SADD', KEYS[2], unpack(ARGV, 3))
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
+if tonumber(ARGV[1]) > 0 then
+  redis.call('HINCRBY', KEYS[1], 'm', ARGV[1])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'p', ARGV[2])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'q', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+if #ARGV > 4 then
+  redis.call('SADD', KEYS[2], unpack(ARGV, 5))
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
 local h = redis.call('HMGET', KEYS[1], 'm', 'p', 'q')
-return {h[1], h[2], h[3], redis.call('SCARD', KEYS[2]), redis.call('GET', KEYS[3])}
+return {h[1] or 0, h[2] or 0, h[3] or 0, redis.call('SCARD', KEYS[2]),
+        redis.call('GET', KEYS[3])}
 """
+
+
+@dataclass
+class _SenderHour:
+    """A Redis worker's view of one sender's hour: the counts Redis had at the last reading,
+    the baseline read with them, and what this worker counted since (not yet sent)."""
+
+    hour: int
+    remote: HourStats = field(default_factory=HourStats)
+    baseline: Baseline | None = None
+    fresh_until: float = 0.0
+    messages: int = 0
+    findings: float = 0.0
+    squares: float = 0.0
+    domains: set[str] = field(default_factory=set)  # not yet sent
+    sent: set[str] = field(default_factory=set)  # sent by this worker this hour
+    busy: bool = False  # a reading is on its way
+
+    def add(self, domains: Sequence[str], findings: float) -> None:
+        self.messages += 1
+        self.findings += findings
+        self.squares += findings * findings
+        self.domains.update(d for d in domains if d not in self.sent)
+
+    def estimate(self) -> HourStats:
+        r = self.remote
+        return HourStats(r.messages + self.messages, r.domains + len(self.domains),
+                         r.phi_sum + self.findings, r.phi_sq + self.squares)
+
+    def take(self) -> tuple[int, float, float, list[str]]:
+        """The local counts, handed over for sending (``give_back`` if that fails)."""
+        out = (self.messages, self.findings, self.squares, sorted(self.domains))
+        self.messages, self.findings, self.squares = 0, 0.0, 0.0
+        self.domains = set()
+        return out
+
+    def give_back(self, batch: tuple[int, float, float, list[str]]) -> None:
+        self.messages += batch[0]
+        self.findings += batch[1]
+        self.squares += batch[2]
+        self.domains.update(batch[3])
 
 
 class RedisBackend:
@@ -420,6 +480,7 @@ class RedisBackend:
         self._leases: dict[str, list[float]] = {}  # bucket key -> [tokens, spend before]
         self._demand: dict[str, list[float]] = {}  # bucket key -> [takes, since, last period]
         self._flag_cache: dict[str, tuple[float, dict[str, float]]] = {}  # key -> (until, ..)
+        self._hours: dict[str, _SenderHour] = {}  # sender -> this hour as this worker sees it
 
     def _k(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
@@ -513,13 +574,50 @@ class RedisBackend:
                                           ex=max(1, math.ceil(ttl))))
 
     async def record(self, sender: str, hour: int, domains: Sequence[str],
-                     findings: float) -> tuple[HourStats, Baseline | None]:
-        keys = [self._k("a", sender, hour), self._k("a", sender, hour, "d"),
+                     findings: float, now: float) -> tuple[HourStats, Baseline | None]:
+        sh = self._hours.get(sender)
+        if sh is not None and sh.hour != hour:
+            await self._send(sender, sh, now)  # the last hour's remainder, to its own keys
+            sh = None
+        if sh is None:
+            sh = self._hours[sender] = _SenderHour(hour)
+            if len(self._hours) > 10_000:
+                await self.flush(now, drop=True)
+                self._hours[sender] = sh
+        sh.add(domains, float(findings))
+        if sh.fresh_until <= now and not sh.busy:
+            await self._send(sender, sh, now)
+        return sh.estimate(), sh.baseline
+
+    async def _send(self, sender: str, sh: _SenderHour, now: float) -> None:
+        """Add this worker's counts to Redis and read the hour and baseline back."""
+        keys = [self._k("a", sender, sh.hour), self._k("a", sender, sh.hour, "d"),
                 self._k("a", sender, "base")]
-        m, p, q, d, base = await self._record(keys=keys,
-                                              args=[repr(float(findings)), HOUR_TTL, *domains])
-        b = Baseline.from_json(json.loads(base)) if base else None
-        return HourStats(int(m), int(d), float(p), float(q)), b
+        batch = sh.take()
+        sh.busy = True
+        try:
+            m, p, q, d, base = await self._record(
+                keys=keys, args=[batch[0], repr(batch[1]), repr(batch[2]), HOUR_TTL, *batch[3]])
+        except BaseException:
+            sh.give_back(batch)
+            raise
+        finally:
+            sh.busy = False
+        sh.sent.update(batch[3])
+        sh.remote = HourStats(int(m), int(d), float(p), float(q))
+        sh.baseline = Baseline.from_json(json.loads(base)) if base else None
+        sh.fresh_until = now + LEASE_FOR
+
+    async def flush(self, now: float, drop: bool = False) -> None:
+        """Send every count kept for a second or more (all of them with ``drop``, which also
+        forgets every sender: the next message of each reads Redis again)."""
+        for sender, sh in list(self._hours.items()):
+            if sh.busy:
+                continue
+            if (sh.messages or sh.domains) and (drop or sh.fresh_until <= now):
+                await self._send(sender, sh, now)
+            if drop or sh.fresh_until + 3600 < now:
+                self._hours.pop(sender, None)
 
     async def claim_fold(self, sender: str, hour: int) -> bool:
         return bool(await self.client.set(self._k("a", sender, "fold", hour), "1", nx=True,
@@ -541,6 +639,9 @@ class RedisBackend:
 
     async def save_baseline(self, sender: str, baseline: Baseline) -> None:
         await self.client.set(self._k("a", sender, "base"), json.dumps(baseline.to_json()))
+        sh = self._hours.get(sender)
+        if sh is not None:
+            sh.baseline = baseline
 
     async def baseline(self, sender: str) -> Baseline | None:
         raw = await self.client.get(self._k("a", sender, "base"))
@@ -649,11 +750,15 @@ class RateLimiter:
                     "ratelimit.backend": "memory", "process.worker": self.worker,
                     "event.reason": "per_worker_limits"})
         self._spawn(self._housekeeping())
+        if isinstance(self.backend, RedisBackend):
+            self._spawn(self._flusher())
 
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
         self.save()
+        with contextlib.suppress(_Unavailable):
+            await self._call(self.backend.flush(self.clock(), drop=True))
         if self._http is not None:
             with contextlib.suppress(Exception):
                 await self._http.close()
@@ -670,6 +775,13 @@ class RateLimiter:
             with contextlib.suppress(Exception):
                 await self._apply_clear_requests()
                 self.save()
+
+    async def _flusher(self) -> None:
+        """Send the anomaly counts workers keep locally (Redis) within about a second."""
+        while True:
+            await asyncio.sleep(LEASE_FOR)
+            with contextlib.suppress(_Unavailable):
+                await self._call(self.backend.flush(self.clock()))
 
     def save(self) -> None:
         """Write the in-process state (atomically) if it changed."""
@@ -819,7 +931,7 @@ class RateLimiter:
         hour = hour_of(now)
         try:
             current, baseline = await self._call(
-                self.backend.record(s.sender, hour, external, findings))
+                self.backend.record(s.sender, hour, external, findings, now))
             if baseline is None:
                 baseline = Baseline(hour, hour)
                 await self._call(self.backend.save_baseline(s.sender, baseline))
