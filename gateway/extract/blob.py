@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .archive import filename_text, filename_where, gunzip, open_zip, walk_tar, walk_zip
 from .budget import Blob, Budget
-from .detect import choose, guess_type
+from .detect import choose, guess_type, image_kind
 from .ole import read_ole
 from .ooxml import kind_of, read_office
 from .pdf import read_pdf
@@ -82,9 +82,19 @@ def _read(budget: Budget, blob: Blob, fmt: str, where: str) -> None:
         walk_bytes(budget, blob.data, f"{blob.base}/", blob.depth)
     elif fmt == "ole":
         read_ole(budget, blob, where, handle)
+    elif fmt == "image":
+        read_image(budget, blob, where)
     elif fmt.startswith("bad:"):
         budget.fail(where, "corrupt")
-    # "binary": images and the like carry no text; their type is recorded above
+    # "binary": audio, video and the like carry no text; their type is recorded above
+
+
+def read_image(budget: Budget, blob: Blob, where: str) -> None:
+    """An image may be a scanned referral, a faxed lab result or a screenshot of a chart, and
+    its text cannot be read (no OCR): unscannable, unless it is small enough to be a logo or
+    an icon. A TIFF, the fax format, is unscannable at any size."""
+    if image_kind(blob.data) == "tiff" or len(blob.data) >= budget.limits.image_min:
+        budget.fail(where, "image")
 
 
 def read_text(budget: Budget, blob: Blob, fmt: str, where: str) -> None:

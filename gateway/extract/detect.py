@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .text import looks_like_text
 
-# Formats: text html ics rtf pdf zip gzip tar tnef rfc822 ole binary; plus "bad:<fmt>" for a
+# Formats: text html ics rtf pdf zip gzip tar tnef rfc822 ole image binary; plus "bad:<fmt>" for a
 # file declared as <fmt> whose bytes do not match. "ole": legacy Office files and Outlook items;
 # one declared so whose bytes are text (a CSV or HTML "xls") is read as text.
 
@@ -103,6 +103,30 @@ def sniff(data: bytes) -> str | None:
         return "ole"
     if data[257:262] == b"ustar":
         return "tar"
+    if image_kind(data) is not None:
+        return "image"
+    return None
+
+
+def image_kind(data: bytes) -> str | None:
+    """The raster image format of ``data`` from its magic bytes, or None."""
+    head = data[:16]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    if head.startswith(b"BM") and len(data) > 26 and head[6:10] == b"\x00\x00\x00\x00":
+        return "bmp"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"avif"):
+        return "heif"
+    if head.startswith((b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")):
+        return "jpeg2000"
     return None
 
 

@@ -15,6 +15,7 @@ REASONS = (
     "unsupported_charset",
     "bad_encoding",
     "no_text_layer",
+    "image",
     "unsupported",
 )
 # What each reason means, for people (explanations, replies); never names the content.
@@ -28,6 +29,7 @@ REASON_TEXT = {
     "unsupported_charset": "text in an unknown character set",
     "bad_encoding": "undecodable transfer encoding",
     "no_text_layer": "pdf has no text layer (scanned image)",
+    "image": "an image (a scan, fax, photo or screenshot) whose content cannot be read",
     "unsupported": "a file format that cannot be read",
 }
 
@@ -63,6 +65,8 @@ class ExtractLimits:
     max_text: int = 20 * 2**20  # total extracted text characters kept
     max_member: int = 50 * 2**20  # one decompressed archive member
     timeout: float = 20.0  # wall time for the whole message
+    image_min: int = 16 * 2**10  # smaller images (logos, icons) are not counted as unscannable;
+    #                              a TIFF (the fax format) always is
 
 
 @dataclass(frozen=True)

@@ -227,12 +227,28 @@ def test_nested_message_rfc822() -> None:
     assert "message/rfc822" in r.attachment_types
 
 
-def test_binary_attachment_has_no_text_but_its_type_is_recorded() -> None:
+def test_small_image_is_a_logo_its_type_recorded() -> None:
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-    r = with_attachment(png, "image/png", "xray.png")
+    r = with_attachment(png, "image/png", "logo.png")
     assert [c.where for c in r.chunks if c.kind == "attachment"] == []
-    assert r.attachment_types == ("image/png",) and r.attachment_names == ("xray.png",)
+    assert r.attachment_types == ("image/png",) and r.attachment_names == ("logo.png",)
     assert r.unscannable == ()
+
+
+def test_images_that_may_be_scans_are_unscannable() -> None:
+    """A photo, screenshot or scan cannot be read without OCR: unscannable (so the policy treats
+    it as PHI); a TIFF, the fax format, at any size; an image sent as octet-stream too."""
+    big_jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 80  # 20 KB
+    r = with_attachment(big_jpeg, "image/jpeg", "wound.jpg")
+    assert [(u.where, u.reason) for u in r.unscannable] == [("attachment[1] image/jpeg", "image")]
+    tiff = b"II*\x00" + bytes(200)
+    r = with_attachment(tiff, "image/tiff", "fax.tif")
+    assert [u.reason for u in r.unscannable] == ["image"]
+    r = with_attachment(big_jpeg, "application/octet-stream", "scan0001")
+    assert [u.reason for u in r.unscannable] == ["image"]
+    declared_only = b"not an image at all" * 2000  # says image/png, bytes say otherwise
+    r = with_attachment(declared_only, "image/png", "x.png")
+    assert "image" not in [u.reason for u in r.unscannable]
 
 
 def test_rfc2231_and_encoded_file_names() -> None:
