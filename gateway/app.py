@@ -347,6 +347,16 @@ class Gateway:
         await self._stopped.wait()
 
 
+def exit_fields(status: int) -> dict[str, Any]:
+    """How a worker ended, from ``os.wait``'s status: its exit code, or the signal that killed
+    it (9 from the kernel's OOM killer, 11 a crash in a C extension)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return {"process.exit_signal": signal.Signals(sig).name if sig in signal.valid_signals()
+                else sig}
+    return {"process.exit_code": os.waitstatus_to_exitcode(status)}
+
+
 def _run_worker(config: Config, config_path: Path, overrides: Sequence[str],
                 sockets: dict[str, socket.socket], cert: Path, key: Path, worker: int) -> None:
     gw = Gateway(config, config_path, overrides, sockets, cert, key, worker=worker)
@@ -445,7 +455,7 @@ def _supervise(config: Config, config_path: Path, overrides: Sequence[str],
     sd_notify("READY=1")
     while children:
         try:
-            pid, _ = os.wait()
+            pid, status = os.wait()
         except ChildProcessError:
             break
         except InterruptedError:
@@ -453,7 +463,7 @@ def _supervise(config: Config, config_path: Path, overrides: Sequence[str],
         index = children.pop(pid, None)
         if index is not None and not stopping:
             audit.emit("service.worker_restarted", {"process.worker": index,
-                                                    "process.pid": pid})
+                                                    "process.pid": pid, **exit_fields(status)})
             time.sleep(0.5)
             spawn(index)
     return 0

@@ -84,6 +84,8 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "config.problems": (list,),
     "process.pid": (int,),
     "process.worker": (int,),
+    "process.exit_code": (int,),
+    "process.exit_signal": (str, int),
     "service.state": (str,),
     "admin.reason": (str,),
     "body.8bit": (bool,),

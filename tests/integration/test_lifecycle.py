@@ -3,6 +3,7 @@ a full spool disk."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import smtplib
@@ -85,6 +86,34 @@ def test_two_workers_share_the_listeners(tmp_path, sink):
     finally:
         assert gw.stop() == 0
     assert len([e for e in gw.events() if e["event.action"] == "service.stopped"]) == 2
+
+
+def test_killed_worker_is_replaced_and_its_end_logged(tmp_path, sink):
+    gw = make_gateway(tmp_path / "var", "workers=2", transport={"dest.test": sink.port})
+    gw.start()
+    try:
+        def started() -> list[int]:
+            return [e["process.pid"] for e in gw.events()
+                    if e["event.action"] == "service.started"]
+
+        def wait_started(n: int) -> list[int]:
+            deadline = time.monotonic() + 60
+            while len(started()) < n and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return started()
+
+        first = wait_started(2)
+        os.kill(first[0], signal.SIGKILL)
+        now = wait_started(3)
+        restarted = [e for e in gw.events() if e["event.action"] == "service.worker_restarted"]
+        assert len(restarted) == 1 and restarted[0]["process.pid"] == first[0]
+        assert restarted[0]["process.exit_signal"] == "SIGKILL"
+        assert len(now) == 3  # a new worker took its place
+        for i in range(6):
+            assert _send(gw.relay, f"k{i}@dest.test")[0] == 250
+        assert len(sink.wait_for(6)) == 6
+    finally:
+        assert gw.stop() == 0
 
 
 def test_bad_config_refuses_to_start(tmp_path):
