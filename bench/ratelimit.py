@@ -62,6 +62,22 @@ class Mode(Phigate):
         return cmd
 
 
+def redis_calls(url: str) -> int:
+    """Script calls (EVALSHA/EVAL) the Redis server has run so far, from INFO commandstats: a
+    count no noise moves. Every per-message step is one script call (the commands a script runs
+    are counted by Redis as well, so they are left out); other commands (flags set by an
+    anomaly, `once`, the hourly fold) are not per message."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(int(v["calls"]) for k, v in stats.items()
+               if k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
 def summary(results: list[RunResult]) -> dict[str, float]:
     rates = [r.msg_per_s for r in results]
     cpu = [r.cpu_ms_per_msg for r in results]
@@ -91,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     systems: list[Mode] = []
     results: dict[str, list[RunResult]] = {}
     code = 0
+    calls_per_msg: list[float] = []
     try:
         modes = args.modes.split(",")
         on = ["ratelimit.enabled=true", GROUP, TRUSTED, *SETS]
@@ -111,11 +128,16 @@ def main(argv: list[str] | None = None) -> int:
             drive(s, args.size, 200, args.sessions, args.timeout)
         for rep in range(args.repeat):
             for s in systems:
+                before = redis_calls(redis.url) if redis and s.label == "limits-redis" else 0
                 r = drive(s, args.size, args.count, args.sessions, args.timeout)
                 results[s.label].append(r)
+                extra = ""
+                if redis and s.label == "limits-redis":
+                    calls_per_msg.append((redis_calls(redis.url) - before) / r.count)
+                    extra = f", {calls_per_msg[-1]:.3f} Redis script calls/msg"
                 log(f"[{s.label}] run {rep + 1}: {r.sunk}/{r.count} {r.msg_per_s} msg/s, "
                     f"{r.cpu_ms_per_msg} ms CPU/msg, machine {r.machine_cores_busy} cores busy"
-                    + ("" if r.complete else "  INCOMPLETE"))
+                    + extra + ("" if r.complete else "  INCOMPLETE"))
         for s in systems:
             counts = s.outcome_counts()
             refused = counts.get("ratelimit.deferred", 0) + counts.get("ratelimit.alert", 0)
@@ -151,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         out["modes"][label] = {**t, "ratio_median": round(ratio, 3),
                                "ratio_best": round(ratio_best, 3),
                                "cpu_ratio": round(cpu_ratio, 3)}
+    if calls_per_msg:
+        print(f"Redis script calls per message (limits-redis, median of runs): "
+              f"{statistics.median(calls_per_msg):.3f}")
+        out["redis_calls_per_msg"] = round(statistics.median(calls_per_msg), 4)
     print(json.dumps(out))
     return 0
 
