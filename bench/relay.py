@@ -31,6 +31,25 @@ postdrop and postqueue, which are not used here), and /etc/postfix is never touc
 benchmark coexists with a system Postfix or with tests that run their own. The master's pid is
 read from ``QUEUE/pid/master.pid`` and, if ``postfix stop`` does not end it, it is killed by pid.
 
+Systems (``--systems``, default: one ``phigate-wN`` per ``--workers`` value and ``postfix``):
+``phigate-wN`` signs every message with DKIM (RSA-2048, its default); ``phigate-wN-nodkim``
+runs with ``domains=[]``, so it has no key and signs nothing (phigate has no switch for it);
+``postfix`` is the plain relay above; ``postfix-dkim`` is a second instance set up the same way
+plus a real signing milter: OpenDKIM (Debian ``opendkim``), an RSA-2048 key for the sending
+domain made by ``opendkim-genkey``, its own config file in the work folder, run by the bench
+in the foreground (``opendkim -f -x CONF``) on a loopback port and stopped at the end
+(``milter_default_action = tempfail``: a failing milter defers mail rather than passing it
+unsigned). Its CPU is added to Postfix's and shown on its own. Every sink dumps what it
+receives (``smtp-sink -D``; ``--no-sink-dump`` turns it off): after each run the bench counts
+the messages carrying a DKIM-Signature field and has OpenDKIM (test mode, ``opendkim -t``)
+verify the first one against the system's public key, so a baseline that silently stopped
+signing shows as such.
+
+phigate runs through bench/phigate_traced.py (its CLI, plus a record on stderr, in the work
+folder's ``gateway.out``, of any worker process that ends: the exception and traceback, or
+the wait status its supervisor got); records from before the bench stopped the gateway are
+printed after the table.
+
 ``--campaign N`` sends N messages of ``--campaign-size`` bytes through phigate alone and prints,
 every ``--interval`` seconds, messages sunk so far and the rate, the gateway's memory (VmRSS
 summed over the process tree, and PSS, which counts pages shared by the forked workers once),
@@ -54,6 +73,7 @@ timeout, and ports are chosen free at run time. Work files go under /var/tmp/phi
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import itertools
 import json
@@ -80,6 +100,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 PHIGATE = ROOT / ".venv" / "bin" / "phigate"
+TRACED = Path(__file__).resolve().parent / "phigate_traced.py"
+OPENDKIM = "/usr/sbin/opendkim"
+OPENDKIM_GENKEY = "/usr/sbin/opendkim-genkey"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 POSTFIX = "/usr/sbin/postfix"
@@ -291,9 +314,14 @@ class Sink:
 
     _MESG = re.compile(rb"mesg=(\d+)")
 
-    def __init__(self, workdir: Path, name: str) -> None:
+    def __init__(self, workdir: Path, name: str, dump: bool = True) -> None:
         self.port = free_port()
         self.errfile = workdir / f"{name}.stderr"
+        # ``smtp-sink -D DIR/dump`` appends every message it receives (to DIR/dump, or to
+        # DIR/dumpHEX files it sometimes makes instead): read after each run to count the
+        # messages that carry a DKIM-Signature, then emptied (smtp-sink opens it O_APPEND)
+        self.dumpfile = workdir / f"{name}.dump" / "dump" if dump else None
+        self.sample: bytes | None = None  # the first message of the last dkim_tally()
         self.proc: subprocess.Popen[bytes] | None = None
         self.count = 0
         self.history: list[tuple[int, float]] = [(0, time.monotonic())]
@@ -301,9 +329,16 @@ class Sink:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        dump: list[str] = []
+        if self.dumpfile is not None:
+            # smtp-sink writes as nobody (-u): a folder of nobody's in a searchable one
+            os.chmod(self.dumpfile.parent.parent, 0o755)
+            self.dumpfile.parent.mkdir(mode=0o755, exist_ok=True)
+            shutil.chown(self.dumpfile.parent, "nobody")
+            dump = ["-D", str(self.dumpfile)]
         with open(self.errfile, "wb") as err:
             self.proc = subprocess.Popen(
-                [SMTP_SINK, "-u", "nobody", "-c", f"127.0.0.1:{self.port}", "1024"],
+                [SMTP_SINK, "-u", "nobody", *dump, "-c", f"127.0.0.1:{self.port}", "1024"],
                 stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
         self._thread = threading.Thread(target=self._read, daemon=True, name="sink-reader")
         self._thread.start()
@@ -369,6 +404,51 @@ class Sink:
                 self._cond.wait(0.2)
         return True
 
+    def dkim_tally(self) -> tuple[int, int]:
+        """(messages, messages with a DKIM-Signature header field) in the dump since the last
+        call; the dump is emptied. Call only when no transaction is in progress."""
+        if self.dumpfile is None:
+            return 0, 0
+        messages = signed = 0
+        self.sample = None
+        for path in sorted(self.dumpfile.parent.iterdir()):
+            in_header = has_sig = False
+            # the first message is kept whole to verify a signature: from the line after
+            # smtp-sink's own fields (its Received field ends them: 3 lines) to the next one
+            keep: list[bytes] | None = None
+            received = 0
+            with open(path, "rb") as f:
+                for line in f:
+                    if line.startswith(b"X-Client-Addr: "):  # smtp-sink's first line of each
+                        if has_sig:
+                            signed += 1
+                        messages += 1
+                        in_header, has_sig, received = True, False, 0
+                        if keep and self.sample is None:
+                            self.sample = b"".join(keep)
+                        keep = [] if messages == 1 else None
+                        continue
+                    if received < 3:  # smtp-sink's X-* fields and its 3-line Received field
+                        if received or line.startswith(b"Received: "):
+                            received += 1
+                        continue
+                    if keep is not None:
+                        keep.append(line)
+                    if in_header:
+                        if line in (b"\n", b"\r\n"):
+                            in_header = False
+                        elif line[:15].lower() == b"dkim-signature:":
+                            has_sig = True
+            if has_sig:
+                signed += 1
+            if keep and self.sample is None:
+                self.sample = b"".join(keep)
+            if path == self.dumpfile:
+                os.truncate(path, 0)
+            else:
+                path.unlink()
+        return messages, signed
+
     def stop(self) -> None:
         stop_process(self.proc, grace=5)
 
@@ -398,19 +478,40 @@ class System:
     def outcome_counts(self) -> dict[str, int]:
         raise NotImplementedError
 
+    def extra_pids(self) -> list[int]:
+        """Processes outside ``root_pid()``'s tree that belong to the system (a milter)."""
+        return []
+
+    def dkim_keys(self) -> dict[str, str]:
+        """{"SELECTOR._domainkey.DOMAIN": TXT value} of the keys the system signs with."""
+        return {}
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.root_pid()) + sum(cpu_seconds(p) for p in self.extra_pids())
+
+    def memory(self) -> tuple[int, int, int]:
+        rss, pss, n = tree_memory(self.root_pid())
+        for pid in self.extra_pids():
+            r, p, k = tree_memory(pid)
+            rss, pss, n = rss + r, pss + p, n + k
+        return rss, pss, n
+
 
 class Phigate(System):
     def __init__(self, workdir: Path, workers: int, profile: Path | None = None,
-                 source: Path | None = None) -> None:
+                 source: Path | None = None, dkim: bool = True) -> None:
         self.workers = workers
         self.source = source  # another source tree (git archive of a revision), or None
-        self.label = f"phigate-w{workers}" + ("-cprofile" if profile else "")
+        self.dkim = dkim
+        self.label = (f"phigate-w{workers}" + ("" if dkim else "-nodkim")
+                      + ("-cprofile" if profile else ""))
         self.var = workdir / self.label
         self.sink = Sink(workdir, f"sink-{self.label}")
         self.port = free_port()
         self.profile = profile
         self.proc: subprocess.Popen[bytes] | None = None
         self.leftovers = 0
+        self.out_at_stop: int | None = None  # size of gateway.out when the bench stopped it
 
     @property
     def audit_file(self) -> Path:
@@ -422,19 +523,26 @@ class Phigate(System):
             f"listen.relay=127.0.0.1:{self.port}",
             f"listen.submission=127.0.0.1:{free_port()}",
             f"listen.submissions=127.0.0.1:{free_port()}",
+            # the portal and /metrics listen on fixed ports by default: two gateways (or
+            # another agent's) would collide
+            f"portal.listen=127.0.0.1:{free_port()}",
+            f"metrics.listen=127.0.0.1:{free_port()}",
             f"delivery.transport={{\"dest.test\": \"127.0.0.1:{self.sink.port}\"}}",
             "domains=[example.org]",
             "log.stdout=false",
             f"workers={self.workers}",
             *EXTRA_SETS,
+            # no organisation domain: no DKIM key, every message leaves unsigned (phigate has
+            # no switch for signing; the cost is one dkim.unsigned audit event per message)
+            *([] if self.dkim else ["domains=[]"]),
         ]
         if self.profile is not None:
             head = [str(VENV_PY), "-m", "cProfile", "-o", str(self.profile), "-m", "gateway.cli"]
-        elif self.source is not None:
-            # ``-m`` puts the cwd first on sys.path, ahead of the editable install's finder
-            head = [str(VENV_PY), "-m", "gateway.cli"]
         else:
-            head = [str(PHIGATE)]
+            # phigate's own CLI, wrapped to log why a worker process ended (gateway/app.py's
+            # supervisor only logs service.worker_restarted with the pid); it imports the
+            # gateway package from the cwd: the working tree or a --rev source tree
+            head = [str(VENV_PY), str(TRACED)]
         cmd = [*head, "run", "--config", "conf/gateway.yaml"]
         for s in sets:
             cmd += ["--set", s]
@@ -474,6 +582,8 @@ class Phigate(System):
         return count_files(spool / s for s in ("incoming", "active", "deferred"))
 
     def stop(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.out_at_stop = (self.var / "gateway.out").stat().st_size
         try:
             stop_process(self.proc, grace=60, group=True)
             if self.proc is not None:
@@ -506,6 +616,28 @@ class Phigate(System):
             counts["bench: processes left running after exit"] = self.leftovers
         return counts
 
+    def dkim_keys(self) -> dict[str, str]:
+        out = {}
+        for path in (self.var / "dkim").glob("*.key"):  # DOMAIN.SELECTOR.key
+            domain, _, selector = path.name.removesuffix(".key").rpartition(".")
+            with contextlib.suppress(ValueError, OSError):
+                out[f"{selector}._domainkey.{domain}"] = dkim_txt(path)
+        return out
+
+    def worker_exits(self) -> list[str]:
+        """What bench/phigate_traced.py logged about workers that ended (with tracebacks), and
+        fatal-error dumps, before the bench stopped the gateway."""
+        try:
+            raw = (self.var / "gateway.out").read_bytes()
+        except FileNotFoundError:
+            return []
+        text = raw[:self.out_at_stop].decode(errors="replace")
+        out: list[str] = []
+        for block in re.split(r"(?m)^(?=phigate-trace )", text):
+            if block.startswith("phigate-trace ") or "Fatal Python error" in block:
+                out.append(block.rstrip())
+        return out
+
 
 def audit_counts(path: Path) -> dict[str, int]:
     """Events in a phigate audit log, by ``event.action``."""
@@ -518,28 +650,131 @@ def audit_counts(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def dkim_txt(private_pem: Path) -> str:
+    """The DNS TXT value publishing the public half of an RSA private key (PEM)."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(private_pem.read_bytes(), None)
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+_AR_DKIM = re.compile(r"dkim=(\w+)")
+
+
+def verify_dkim(message: bytes, keys: dict[str, str], where: Path) -> str:
+    """OpenDKIM's verdict (``opendkim -t``, test mode, the public keys from a file as
+    tests/opendkim.py does) on the first DKIM signature of ``message``: pass, fail, ..."""
+    if not os.access(OPENDKIM, os.X_OK):
+        return "not checked (no opendkim)"
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "keys").write_text("".join(f"{n} {v}\n" for n, v in keys.items()))
+    (where / "verify.conf").write_text("\n".join([
+        "Mode v", "Syslog no", "AlwaysAddARHeader yes", "MinimumKeyBits 1024",
+        f"TestPublicKeys {where / 'keys'}", ""]))
+    (where / "message.eml").write_bytes(message)
+    cp = run_cmd([OPENDKIM, "-x", str(where / "verify.conf"), "-vvv", "-t",
+                  str(where / "message.eml")], timeout=60, check=False)
+    out = cp.stdout + cp.stderr
+    ar = out.partition("hname='Authentication-Results'")[2].partition("\nopendkim:")[0]
+    found = _AR_DKIM.findall(ar)
+    return found[0] if found else f"no verdict (opendkim exit {cp.returncode})"
+
+
+class OpenDkim:
+    """OpenDKIM (Debian ``opendkim``) as a signing milter for the ``postfix-dkim`` baseline:
+    an RSA-2048 key made by ``opendkim-genkey`` for the sending domain, its own config file,
+    run in the foreground (``opendkim -f -x CONF``) on a loopback port, all under DIR. As
+    root without ``UserID`` it keeps running as root (it reads its key and listens on a high
+    port, nothing else). ``RequireSafeKeys false``: the work folder is under /var/tmp, which
+    anybody may write to, and OpenDKIM refuses a key on such a path otherwise. No syslog;
+    ``LogResults`` would log every message, so errors only (``-v``-less) go to its stderr."""
+
+    def __init__(self, base: Path, domain: str, selector: str = "bench") -> None:
+        self.base = base
+        self.domain, self.selector = domain, selector
+        self.port = free_port()
+        self.conf = base / "opendkim.conf"
+        self.key = base / f"{selector}.private"
+        self.out = base / "opendkim.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        if not self.key.exists():
+            run_cmd([OPENDKIM_GENKEY, "-b", "2048", "-d", self.domain, "-s", self.selector,
+                     "-D", str(self.base)])
+        self.conf.write_text("\n".join([
+            "# written by bench/relay.py: sign everything from internal hosts (127.0.0.1)",
+            "Syslog no",
+            "Mode s",
+            f"Domain {self.domain}",
+            f"Selector {self.selector}",
+            f"KeyFile {self.key}",
+            "RequireSafeKeys false",
+            f"Socket inet:{self.port}@127.0.0.1",
+            "Canonicalization relaxed/relaxed",
+            "SignatureAlgorithm rsa-sha256",
+            "",
+        ]))
+        cmd = [OPENDKIM, "-f", "-x", str(self.conf)]
+        log(f"[opendkim] {' '.join(cmd)}  (inet:{self.port}@127.0.0.1, RSA-2048 "
+            f"{self.selector}._domainkey.{self.domain})")
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BenchError(f"opendkim exited with {self.proc.returncode}: "
+                                 f"{self.out.read_text(errors='replace')[-500:]}")
+            return port_open(self.port)
+
+        wait_until(ready, 30, f"opendkim on port {self.port}", 0.1)
+
+    def public_txt(self) -> str:
+        """The TXT record value (``v=DKIM1; ... p=...``) from opendkim-genkey's .txt file."""
+        text = (self.base / f"{self.selector}.txt").read_text()
+        return "".join(re.findall(r'"([^"]*)"', text))
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace=10)
+
+
 class PostfixRelay(System):
     """A private Postfix instance: its own config, queue and data directories (see the module
-    docstring for why ``postfix -c DIR`` works without touching /etc/postfix)."""
+    docstring for why ``postfix -c DIR`` works without touching /etc/postfix). With ``dkim``
+    (``postfix-dkim``): the same instance plus an OpenDKIM milter (class OpenDkim) signing
+    every message; ``milter_default_action = tempfail``, so a milter that fails defers mail
+    instead of passing it unsigned."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.label = "postfix"
-        self.base = workdir / "postfix"
+    def __init__(self, workdir: Path, dkim: bool = False) -> None:
+        self.label = "postfix-dkim" if dkim else "postfix"
+        self.base = workdir / self.label
         self.conf = self.base / "etc"
         self.queue = self.base / "queue"
         self.data = self.base / "data"
         self.maillog = self.base / "maillog"
-        self.sink = Sink(workdir, "sink-postfix")
+        self.sink = Sink(workdir, f"sink-{self.label}")
         self.port = free_port()
         self.started = False
+        self.milter = OpenDkim(self.base / "opendkim", SENDER.partition("@")[2]) if dkim \
+            else None
 
     def main_cf(self) -> str:
+        milter = [] if self.milter is None else [
+            f"smtpd_milters = inet:127.0.0.1:{self.milter.port}",
+            "non_smtpd_milters = $smtpd_milters",
+            "milter_default_action = tempfail",
+        ]
         return "\n".join([
             "# written by bench/relay.py: a plain loopback relay (NOTES.md)",
             "compatibility_level = 3.6",
             f"queue_directory = {self.queue}",
             f"data_directory = {self.data}",
-            "syslog_name = postfix-bench",
+            f"syslog_name = {self.label}-bench",
+            *milter,
             f"maillog_file = {self.maillog}",
             "myhostname = relay.bench.test",
             "inet_interfaces = loopback-only",
@@ -556,6 +791,8 @@ class PostfixRelay(System):
 
     def start(self) -> None:
         self.sink.start()
+        if self.milter is not None:
+            self.milter.start()
         for d in (self.conf, self.queue, self.data):
             d.mkdir(parents=True, exist_ok=True)
         # the daemons run as the postfix user: they must be able to reach the queue
@@ -567,8 +804,9 @@ class PostfixRelay(System):
         run_cmd([POSTCONF, "-c", str(self.conf), "-M",
                  f"smtp/inet=127.0.0.1:{self.port} inet n - n - - smtpd"])
         run_cmd([POSTCONF, "-c", str(self.conf), "-F", "*/*/chroot = n"])
-        log(f"[postfix] {POSTFIX} -c {self.conf} start  (smtpd 127.0.0.1:{self.port}, "
-            f"relayhost [127.0.0.1]:{self.sink.port})")
+        log(f"[{self.label}] {POSTFIX} -c {self.conf} start  (smtpd 127.0.0.1:{self.port}, "
+            f"relayhost [127.0.0.1]:{self.sink.port}"
+            + (f", milter inet:127.0.0.1:{self.milter.port})" if self.milter else ")"))
         self.started = True
         run_cmd([POSTFIX, "-c", str(self.conf), "start"], timeout=60)
 
@@ -611,17 +849,33 @@ class PostfixRelay(System):
             if self.started:
                 cp = run_cmd([POSTFIX, "-c", str(self.conf), "stop"], timeout=60, check=False)
                 if cp.returncode != 0 and self.master_pid() is not None:
-                    log(f"[postfix] stop: exit {cp.returncode} {cp.stderr.strip()[-200:]}")
+                    log(f"[{self.label}] stop: exit {cp.returncode} {cp.stderr.strip()[-200:]}")
                 try:
                     # also catches a master that an interrupted ``postfix start`` left behind
                     wait_until(lambda: not self.daemons(), 30, "postfix to exit", 0.2)
                 except BenchError:
                     for pid in self.daemons():
-                        log(f"[postfix] pid {pid} still running: SIGKILL")
+                        log(f"[{self.label}] pid {pid} still running: SIGKILL")
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
         finally:
-            self.sink.stop()
+            try:
+                if self.milter is not None:
+                    self.milter.stop()
+            finally:
+                self.sink.stop()
+
+    def dkim_keys(self) -> dict[str, str]:
+        if self.milter is None:
+            return {}
+        return {f"{self.milter.selector}._domainkey.{self.milter.domain}":
+                dkim_txt(self.milter.key)}
+
+    def extra_pids(self) -> list[int]:
+        if self.milter is not None and self.milter.proc is not None \
+                and self.milter.proc.poll() is None:
+            return [self.milter.proc.pid]
+        return []
 
     def outcome_counts(self) -> dict[str, int]:
         counts: Counter[str] = Counter()
@@ -632,6 +886,11 @@ class PostfixRelay(System):
                     counts[f"status={m.group(1).decode()}"] += 1
                 elif b" warning: " in line or b" fatal: " in line or b" error: " in line:
                     counts["warning/error lines"] += 1
+        if self.milter is not None:
+            with contextlib.suppress(FileNotFoundError):
+                lines = self.milter.out.read_text(errors="replace").splitlines()
+                if lines:
+                    counts["opendkim output lines"] = len(lines)
         return dict(sorted(counts.items()))
 
 
@@ -675,6 +934,14 @@ class RunResult:
     source_exit: int | None
     source_errors: list[str] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
+    # messages in the sink's dump and how many of them carry a DKIM-Signature field (None:
+    # the sink did not dump, --no-sink-dump)
+    sink_dumped: int | None = None
+    dkim_signed: int | None = None
+    # OpenDKIM's verdict on the first signed message of the run (None: it was not signed)
+    dkim_verified: str | None = None
+    # of cpu_s: the part of processes outside the system's tree (postfix-dkim: opendkim)
+    milter_cpu_s: float | None = None
 
 
 class Sampler(threading.Thread):
@@ -690,10 +957,9 @@ class Sampler(threading.Thread):
         self.stopped = threading.Event()
 
     def take(self) -> Sample:
-        root = self.system.root_pid()
-        rss, pss, n = tree_memory(root)
+        rss, pss, n = self.system.memory()
         s = Sample(t=time.monotonic() - self.t0, sunk=self.system.sink.count - self.base,
-                   rss_kb=rss, pss_kb=pss, procs=n, cpu_s=cpu_seconds(root),
+                   rss_kb=rss, pss_kb=pss, procs=n, cpu_s=self.system.cpu_seconds(),
                    queue_files=self.system.queue_len(),
                    machine_busy_s=machine_busy_ticks()[0] / CLK_TCK)
         if self.spool is not None:
@@ -723,8 +989,9 @@ def drive(system: System, size: int, count: int, sessions: int, timeout: float,
     wait_until(lambda: system.queue_len() == 0, 120, f"{system.label} queue to drain", 0.2)
     sink = system.sink
     base = sink.count
-    root = system.root_pid()
-    cpu0 = cpu_seconds(root)
+    sink.dkim_tally()  # forget earlier messages (a warm-up's)
+    cpu0 = system.cpu_seconds()
+    extra0 = sum(cpu_seconds(p) for p in system.extra_pids())
     assert sink.proc is not None
     sink_cpu0 = cpu_seconds(sink.proc.pid)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -754,7 +1021,8 @@ def drive(system: System, size: int, count: int, sessions: int, timeout: float,
             stalled=lambda quiet: bool(src_done) and quiet > stall)
         t_end = sink.time_reached(base + count) if complete else time.monotonic()
         assert t_end is not None
-        cpu1 = cpu_seconds(root)
+        cpu1 = system.cpu_seconds()
+        extra1 = sum(cpu_seconds(p) for p in system.extra_pids())
         sink_cpu1 = cpu_seconds(sink.proc.pid)
         busy1, total1 = machine_busy_ticks()
         collector.join(max(5.0, timeout - (time.monotonic() - t0)))
@@ -772,6 +1040,12 @@ def drive(system: System, size: int, count: int, sessions: int, timeout: float,
     other = ((busy1 - busy0) / CLK_TCK - (cpu1 - cpu0) - source_cpu
              - (sink_cpu1 - sink_cpu0))
     sunk = sink.count - base
+    dumped, signed = sink.dkim_tally()
+    verdict = None
+    if sink.sample is not None and b"\ndkim-signature:" in b"\n" + sink.sample.lower():
+        keys = system.dkim_keys()
+        verdict = (verify_dkim(sink.sample, keys, sink.errfile.parent / f"verify-{system.label}")
+                   if keys else "not checked (no key known)")
     elapsed = t_end - t0
     intake = (src_done[0] - t0) if src_done else float("nan")
     errors = [ln for ln in b"".join(src_out).decode(errors="replace").splitlines() if ln.strip()]
@@ -789,6 +1063,10 @@ def drive(system: System, size: int, count: int, sessions: int, timeout: float,
         peak_rss_mb=round(max((s.rss_kb for s in samples), default=0) / 1024, 1),
         peak_pss_mb=round(max((s.pss_kb for s in samples), default=0) / 1024, 1),
         source_exit=src.returncode, source_errors=errors[:20], samples=samples,
+        sink_dumped=dumped if sink.dumpfile is not None else None,
+        dkim_signed=signed if sink.dumpfile is not None else None,
+        dkim_verified=verdict,
+        milter_cpu_s=round(extra1 - extra0, 2) if system.extra_pids() else None,
     )
 
 
@@ -803,10 +1081,7 @@ def compare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     systems: list[System] = []
     results: list[RunResult] = []
     try:
-        for w in args.workers:
-            systems.append(Phigate(workdir, w, source=args.source))
-        if not args.no_postfix:
-            systems.append(PostfixRelay(workdir))
+        systems = make_systems(args, workdir)
         for s in systems:
             s.start()
         if args.warmup:
@@ -823,9 +1098,17 @@ def compare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     log(f"[{s.label}] {fmt_size(size)} run {rep + 1}: {r.sunk}/{r.count} in "
                         f"{r.elapsed_s:.2f}s = {r.msg_per_s} msg/s end to end "
                         f"(intake {r.intake_msg_per_s} msg/s), cpu {r.cpu_s}s "
-                        f"({r.cpu_ms_per_msg} ms/msg), machine {r.machine_cores_busy} cores busy "
+                        f"({r.cpu_ms_per_msg} ms/msg"
+                        + (f"; opendkim {r.milter_cpu_s}s = "
+                           f"{1000 * r.milter_cpu_s / max(r.sunk, 1):.2f} ms/msg"
+                           if r.milter_cpu_s is not None else "")
+                        + f"), machine {r.machine_cores_busy} cores busy "
                         f"(smtp-source {r.source_cpu_s}s, smtp-sink {r.sink_cpu_s}s, other "
                         f"{r.other_cores} cores), peak rss {r.peak_rss_mb} MB"
+                        + (f", DKIM-signed {r.dkim_signed}/{r.sink_dumped} at the sink"
+                           if r.sink_dumped is not None else "")
+                        + (f" (first verified by opendkim: dkim={r.dkim_verified})"
+                           if r.dkim_verified else "")
                         + ("" if r.complete else "  INCOMPLETE")
                         + (f"  smtp-source said: {r.source_errors[:3]}" if r.source_errors
                            else ""))
@@ -837,7 +1120,50 @@ def compare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             except Exception as exc:
                 log(f"[{s.label}] stop failed: {type(exc).__name__}: {exc}")
             outcomes[s.label] = s.outcome_counts()
+    for s in systems:
+        if isinstance(s, Phigate):
+            show_worker_exits(s)
     return report(args, results, outcomes)
+
+
+SYSTEM_SPEC = re.compile(r"^(?:phigate-w(\d+)(-nodkim)?|postfix|postfix-dkim)$")
+
+
+def make_systems(args: argparse.Namespace, workdir: Path) -> list[System]:
+    """``--systems`` (phigate-wN, phigate-wN-nodkim, postfix, postfix-dkim), or else one
+    phigate per ``--workers`` value and Postfix unless ``--no-postfix``."""
+    dump = not args.no_sink_dump
+    names = args.systems or ([f"phigate-w{w}" for w in args.workers]
+                             + ([] if args.no_postfix else ["postfix"]))
+    systems: list[System] = []
+    for name in names:
+        m = SYSTEM_SPEC.match(name)
+        if m is None:
+            raise BenchError(f"unknown system {name!r}: phigate-wN, phigate-wN-nodkim, "
+                             "postfix, postfix-dkim")
+        if m.group(1):
+            systems.append(Phigate(workdir, int(m.group(1)), source=args.source,
+                                   dkim=not m.group(2)))
+        else:
+            if name == "postfix-dkim":
+                missing = [p for p in (OPENDKIM, OPENDKIM_GENKEY) if not os.access(p, os.X_OK)]
+                if missing:
+                    raise BenchError(f"postfix-dkim needs {', '.join(missing)} (Debian "
+                                     "packages opendkim, opendkim-tools)")
+            systems.append(PostfixRelay(workdir, dkim=name == "postfix-dkim"))
+        if not dump:
+            systems[-1].sink.dumpfile = None
+    return systems
+
+
+def show_worker_exits(gw: Phigate) -> None:
+    """Workers that ended while the gateway ran (bench/phigate_traced.py's records)."""
+    exits = gw.worker_exits()
+    if exits:
+        print(f"\n{gw.label}: {len(exits)} record(s) of worker processes ending during the "
+              f"run (from {gw.var / 'gateway.out'}):")
+        for block in exits:
+            print("  " + block.replace("\n", "\n  "))
 
 
 def report(args: argparse.Namespace, results: list[RunResult],
@@ -856,33 +1182,52 @@ def report(args: argparse.Namespace, results: list[RunResult],
     print(f"relay benchmark: {args.count} messages per run, {args.sessions} sessions, "
           f"{args.repeat} run(s) each; msg/s end to end (smtp-source start -> last message "
           "counted by smtp-sink)")
+    baselines = [b for b in ("postfix", "postfix-dkim") if b in labels]
     header = (f"{'size':>7}  {'system':<18} {'median':>8} {'best':>8} {'intake/s':>9} "
               f"{'cpu ms/msg':>10} {'other load':>10} {'rss MB':>7} {'pss MB':>7} "
-              f"{'ratio med':>9} {'ratio best':>10}")
+              f"{'DKIM-signed':>13}"
+              + "".join(f" {'/' + b + ' med':>17} {'best':>5}" for b in baselines))
     print(header)
     print("-" * len(header))
+    signed: dict[str, str] = {}
     for size in args.sizes:
         for label in labels:
             rs = [r for r in results if r.system == label and r.size == size]
             if not rs:
                 continue
-            key, pf = (label, size), ("postfix", size)
-            r_med = f"{med[key] / med[pf]:.2f}" if pf in med and label != "postfix" else ""
-            r_best = f"{best[key] / best[pf]:.2f}" if pf in best and label != "postfix" else ""
+            key = (label, size)
+            ratios_txt = ""
+            for b in baselines:
+                pf = (b, size)
+                ok = pf in med and label != b
+                ratios_txt += (f" {f'{med[key] / med[pf]:.2f}' if ok else '':>17}"
+                               f" {f'{best[key] / best[pf]:.2f}' if ok else '':>5}")
+            dumped = [r for r in rs if r.sink_dumped is not None]
+            sig = (f"{sum(r.dkim_signed or 0 for r in dumped)}/"
+                   f"{sum(r.sink_dumped or 0 for r in dumped)}" if dumped else "-")
+            signed[f"{label}@{size}"] = sig
             print(f"{fmt_size(size):>7}  {label:<18} {med[key]:>8.1f} {best[key]:>8.1f} "
                   f"{statistics.median(r.intake_msg_per_s for r in rs):>9.1f} "
                   f"{statistics.median(r.cpu_ms_per_msg for r in rs):>10.2f} "
                   f"{statistics.median(r.other_cores for r in rs):>10.2f} "
                   f"{max(r.peak_rss_mb for r in rs):>7.1f} "
-                  f"{max(r.peak_pss_mb for r in rs):>7.1f} {r_med:>9} {r_best:>10}"
+                  f"{max(r.peak_pss_mb for r in rs):>7.1f} {sig:>13}{ratios_txt}"
                   + ("" if all(r.complete for r in rs) else "  INCOMPLETE"))
     print("(other load: median cores busy with anything but the system, smtp-source and "
-          "smtp-sink during a run; near 0 on a quiet machine)")
+          "smtp-sink during a run; near 0 on a quiet machine. DKIM-signed: messages counted "
+          "in smtp-sink's dump (-D) with a DKIM-Signature field / all dumped, over the runs. "
+          "cpu of postfix-dkim includes the opendkim milter)")
+    try:
+        load = os.getloadavg()
+        print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+              f"({os.cpu_count()} cores)")
+    except OSError:
+        pass
 
-    def ratios(table: dict[tuple[str, int], float]) -> dict[str, float]:
-        return {f"{label}/postfix@{size}": round(v / table[("postfix", size)], 3)
+    def ratios(table: dict[tuple[str, int], float], base: str) -> dict[str, float]:
+        return {f"{label}/{base}@{size}": round(v / table[(base, size)], 3)
                 for (label, size), v in table.items()
-                if label != "postfix" and ("postfix", size) in table}
+                if label != base and (base, size) in table}
 
     print()
     for label, counts in outcomes.items():
@@ -892,7 +1237,9 @@ def report(args: argparse.Namespace, results: list[RunResult],
         "repeat": args.repeat, "sizes": args.sizes,
         "msg_per_s": {f"{label}@{size}": v for (label, size), v in med.items()},
         "best_msg_per_s": {f"{label}@{size}": v for (label, size), v in best.items()},
-        "ratios": ratios(med), "ratios_best": ratios(best), "outcomes": outcomes,
+        "ratios": {k: v for b in baselines for k, v in ratios(med, b).items()},
+        "ratios_best": {k: v for b in baselines for k, v in ratios(best, b).items()},
+        "dkim_signed": signed, "outcomes": outcomes,
         "runs": [{k: v for k, v in asdict(r).items() if k != "samples"} for r in results],
     }
     print(json.dumps(summary, separators=(",", ":")))
@@ -1083,6 +1430,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=200,
                    help="messages sent to each system before measuring (0: none)")
     p.add_argument("--no-postfix", action="store_true", help="skip the Postfix baseline")
+    p.add_argument("--systems", type=lambda t: [x for x in t.replace(",", " ").split() if x],
+                   metavar="LIST",
+                   help="systems to compare instead of --workers/--no-postfix, e.g. "
+                        "phigate-w2,postfix,postfix-dkim: phigate-wN (DKIM-signs, its "
+                        "default), phigate-wN-nodkim (domains=[]: no key, nothing signed), "
+                        "postfix (plain relay), postfix-dkim (Postfix + OpenDKIM milter, "
+                        "RSA-2048)")
+    p.add_argument("--no-sink-dump", action="store_true",
+                   help="do not have smtp-sink dump messages (-D); DKIM-Signature fields are "
+                        "then not counted")
     p.add_argument("--campaign", type=int, default=0, metavar="N",
                    help="instead of the comparison: N messages through phigate alone, "
                         "sampled over time")
