@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import passphrase as sender_passphrase
 from .audit import AuditLog
 from .config import Config
 from .dkim import Signer
@@ -44,8 +45,8 @@ PORTAL_ACTIONS = ("portal", "encrypt")
 class Rewriter(Protocol):
     """The portal transform (``portal.rewrite.PortalRewriter``)."""
 
-    def rewrite(self, queue_id: str, mail_from: str, raw: bytes,
-                recipient: str) -> Rewritten: ...
+    def rewrite(self, queue_id: str, mail_from: str, raw: bytes, recipient: str,
+                passphrase: str | None = None) -> Rewritten: ...
 # A message claimed this long ago belongs to a worker process that died; deliver it again
 # (at least once). Longer than any attempt can take with the default timeouts.
 STALE_ACTIVE = 3600.0
@@ -259,6 +260,8 @@ class Delivery:
             status = self.spool.status(qid, header.envelope.rcpt_tos)
             data = self.spool.read_message("active", qid)
         env = header.envelope
+        # "[secure: phrase]": the phrase protects portal pickups and goes nowhere else
+        data, phrase = sender_passphrase.take(data)
         pending = list(status.pending)
         attempt_no = status.attempts + 1
         started = self.clock()
@@ -345,7 +348,7 @@ class Delivery:
             req = required[rcpt] = needed(pub, "notify")
             notices.append((route, rcpt, await self._sign(qid, env, body), req))
         for route, rcpt in to_portal:
-            notice = await self._to_portal(qid, env, original, rcpt)
+            notice = await self._to_portal(qid, env, original, rcpt, phrase)
             if isinstance(notice, Outcome):
                 outcomes.append(notice)
                 continue
@@ -422,14 +425,15 @@ class Delivery:
                                               "event.reason": signed.reason or "dkim_no_key"})
         return signed.data
 
-    async def _to_portal(self, qid: str, env: Envelope, data: bytes,
-                         rcpt: str) -> bytes | Outcome:
+    async def _to_portal(self, qid: str, env: Envelope, data: bytes, rcpt: str,
+                         phrase: str | None = None) -> bytes | Outcome:
         """Store the message for ``rcpt`` in the portal: the notification to send instead, or
         a temporary failure (the store is down: the message waits, it is never sent in
         clear)."""
         assert self.portal is not None
         try:
-            done = await asyncio.to_thread(self.portal.rewrite, qid, env.mail_from, data, rcpt)
+            done = await asyncio.to_thread(self.portal.rewrite, qid, env.mail_from, data, rcpt,
+                                           phrase)
         except Exception as exc:  # StoreError, or a template an admin broke
             self.audit.emit("portal.stored", {"email.local_id": qid, "email.to.address": rcpt,
                                               "event.outcome": "failure",

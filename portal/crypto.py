@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 NONCE = 12
 
@@ -45,6 +46,16 @@ def derive(secret: str, purpose: str, context: str) -> bytes:
     """A 256-bit key for ``purpose`` ("pickup", "session") bound to ``context`` (an id)."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=context.encode(),
                 info=b"phigate-portal-v1 " + purpose.encode()).derive(secret.encode())
+
+
+def passphrase_key(link_key: bytes, passphrase: str, context: str) -> bytes:
+    """The content key of a pickup its sender protected with a (normalised) passphrase: the
+    link's key and the passphrase stretched by scrypt (16 MiB, about 0.1 s, so guessing is
+    slow) together; neither alone opens the message."""
+    stretched = Scrypt(salt=context.encode(), length=32, n=2**14, r=8, p=1).derive(
+        passphrase.encode())
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=context.encode(),
+                info=b"phigate-portal-v1 passphrase").derive(link_key + stretched)
 
 
 def seal(key: bytes, plaintext: bytes, context: str) -> bytes:

@@ -21,6 +21,7 @@ import aiosmtplib
 import jinja2
 
 from gateway.config import PortalConfig
+from gateway.passphrase import as_secure
 
 SECURE_KEYWORD = "[secure]"
 _HEADERS = BytesHeaderParser(policy=email.policy.default)
@@ -54,7 +55,9 @@ def original_headers(raw: bytes, fallback_sender: str) -> Original:
 
 
 def strip_secure(subject: str) -> str:
-    """The subject as the recipient sees it: without the sender's ``[secure]`` keyword."""
+    """The subject as the recipient sees it: without the sender's ``[secure]`` keyword (or
+    passphrase tag)."""
+    subject = as_secure(subject)
     lower = subject.lower()
     k = lower.find(SECURE_KEYWORD)
     while k >= 0:

@@ -29,6 +29,7 @@ class Pickup:
     revoked: float | None = None
     failures: int = 0  # wrong one-time codes since the last success
     locked_until: float = 0.0  # no code is accepted before this time
+    passphrase: bool = False  # opens only with the sender's passphrase as well
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,10 @@ class PortalRewriter:
         self.expire = expire
         self.clock = clock
 
-    def rewrite(self, queue_id: str, mail_from: str, raw: bytes, recipient: str) -> Rewritten:
+    def rewrite(self, queue_id: str, mail_from: str, raw: bytes, recipient: str,
+                passphrase: str | None = None) -> Rewritten:
+        """Store ``raw`` for ``recipient``; with the sender's (normalised) ``passphrase`` the
+        pickup opens only with it as well as the code."""
         now = self.clock()
         # A retry after a failed notification makes a new link; the old one was never seen
         # (or is superseded), so it is revoked rather than left to expire.
@@ -39,13 +42,16 @@ class PortalRewriter:
                 self.store.revoke(old.id, now)
         pickup_id, secret = crypto.new_id(), crypto.new_secret()
         key = crypto.derive(secret, "pickup", pickup_id)
+        if passphrase:
+            key = crypto.passphrase_key(key, passphrase, pickup_id)
         expires = now + self.expire
         original = original_headers(raw, mail_from)
         self.store.add_pickup(Pickup(
             id=pickup_id, token_hash=crypto.token_hash(secret),
             sender=(mail_from or original.sender_address).lower(),
             recipient=recipient.lower(), created=now, expires=expires,
-            sealed=crypto.seal(key, pack(raw), pickup_id), size=len(raw), queue_id=queue_id))
+            sealed=crypto.seal(key, pack(raw), pickup_id), size=len(raw), queue_id=queue_id,
+            passphrase=bool(passphrase)))
         link = f"{self.base_url}/p/{pickup_id}/{secret}"
         return Rewritten(pickup_id, expires,
                          self.composer.notification(original, recipient, link, expires, now))

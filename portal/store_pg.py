@@ -50,6 +50,8 @@ SCHEMA = [
         locked_until double precision NOT NULL DEFAULT 0)""",
     # Ciphertext does not compress: store it out of line without trying.
     "ALTER TABLE pickups ALTER COLUMN sealed SET STORAGE EXTERNAL",
+    # added after schema 1 (older databases get it on open)
+    "ALTER TABLE pickups ADD COLUMN IF NOT EXISTS passphrase boolean NOT NULL DEFAULT false",
     "CREATE INDEX IF NOT EXISTS pickups_sender ON pickups (sender)",
     "CREATE INDEX IF NOT EXISTS pickups_recipient ON pickups (recipient)",
     "CREATE INDEX IF NOT EXISTS pickups_queue_id ON pickups (queue_id)",
@@ -85,14 +87,14 @@ SCHEMA = [
 ]
 
 _PICKUP_COLUMNS = ("id, token_hash, sender, recipient, created, expires, size, queue_id, "
-                   "opened, revoked, failures, locked_until")
+                   "opened, revoked, failures, locked_until, passphrase")
 
 
 def _pickup(row: tuple[Any, ...], sealed: bytes) -> Pickup:
     return Pickup(id=row[0], token_hash=bytes(row[1]), sender=row[2], recipient=row[3],
                   created=row[4], expires=row[5], sealed=sealed, size=row[6],
                   queue_id=row[7], opened=row[8], revoked=row[9], failures=row[10],
-                  locked_until=row[11])
+                  locked_until=row[11], passphrase=bool(row[12]))
 
 
 def describe(dsn: str) -> str:
@@ -257,18 +259,18 @@ class PostgresStore:
         with self._conn() as conn:
             conn.execute(
                 "INSERT INTO pickups (id, token_hash, sender, recipient, created, expires, "
-                "sealed, size, queue_id, opened, revoked, failures, locked_until) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "sealed, size, queue_id, opened, revoked, failures, locked_until, passphrase) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (pickup.id, pickup.token_hash, pickup.sender, pickup.recipient, pickup.created,
                  pickup.expires, pickup.sealed, pickup.size, pickup.queue_id, pickup.opened,
-                 pickup.revoked, pickup.failures, pickup.locked_until))
+                 pickup.revoked, pickup.failures, pickup.locked_until, pickup.passphrase))
 
     def pickup(self, pickup_id: str) -> Pickup | None:
         with self._conn() as conn:
             row = conn.execute(
                 f"SELECT {_PICKUP_COLUMNS}, sealed FROM pickups WHERE id = %s",  # noqa: S608
                 (pickup_id,)).fetchone()
-        return None if row is None else _pickup(row, bytes(row[12]))
+        return None if row is None else _pickup(row, bytes(row[13]))
 
     def pickups(self, *, sender: str | None = None, recipient: str | None = None,
                 queue_id: str | None = None) -> list[Pickup]:

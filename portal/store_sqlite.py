@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS pickups (
     opened REAL,
     revoked REAL,
     failures INTEGER NOT NULL DEFAULT 0,
-    locked_until REAL NOT NULL DEFAULT 0
+    locked_until REAL NOT NULL DEFAULT 0,
+    passphrase INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS pickups_sender ON pickups (sender);
 CREATE INDEX IF NOT EXISTS pickups_recipient ON pickups (recipient);
@@ -81,14 +82,16 @@ CREATE INDEX IF NOT EXISTS grants_pickup ON grants (pickup_id);
 """
 
 _PICKUP_COLUMNS = ("id, token_hash, sender, recipient, created, expires, size, queue_id, "
-                   "opened, revoked, failures, locked_until")
+                   "opened, revoked, failures, locked_until, passphrase")
+# columns added since schema 1, with their definitions: added to older files on open
+_ADDED_COLUMNS = {"passphrase": "INTEGER NOT NULL DEFAULT 0"}
 
 
 def _pickup(row: tuple[Any, ...], sealed: bytes) -> Pickup:
     return Pickup(id=row[0], token_hash=bytes(row[1]), sender=row[2], recipient=row[3],
                   created=row[4], expires=row[5], sealed=sealed, size=row[6],
                   queue_id=row[7], opened=row[8], revoked=row[9], failures=row[10],
-                  locked_until=row[11])
+                  locked_until=row[11], passphrase=bool(row[12]))
 
 
 class SqliteStore:
@@ -117,6 +120,10 @@ class SqliteStore:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         c.execute(statement)
+                have = {r[1] for r in c.execute("PRAGMA table_info(pickups)")}
+                for column, definition in _ADDED_COLUMNS.items():
+                    if column not in have:
+                        c.execute(f"ALTER TABLE pickups ADD COLUMN {column} {definition}")
                 c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                           (str(SCHEMA_VERSION),))
                 row = c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -187,18 +194,18 @@ class SqliteStore:
         with self._errors():
             self._conn().execute(
                 "INSERT INTO pickups (id, token_hash, sender, recipient, created, expires, "
-                "sealed, size, queue_id, opened, revoked, failures, locked_until) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "sealed, size, queue_id, opened, revoked, failures, locked_until, passphrase) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (pickup.id, pickup.token_hash, pickup.sender, pickup.recipient, pickup.created,
                  pickup.expires, pickup.sealed, pickup.size, pickup.queue_id, pickup.opened,
-                 pickup.revoked, pickup.failures, pickup.locked_until))
+                 pickup.revoked, pickup.failures, pickup.locked_until, int(pickup.passphrase)))
 
     def pickup(self, pickup_id: str) -> Pickup | None:
         with self._errors():
             row = self._conn().execute(
                 f"SELECT {_PICKUP_COLUMNS}, sealed FROM pickups WHERE id = ?",  # noqa: S608
                 (pickup_id,)).fetchone()
-        return None if row is None else _pickup(row, bytes(row[12]))
+        return None if row is None else _pickup(row, bytes(row[13]))
 
     def pickups(self, *, sender: str | None = None, recipient: str | None = None,
                 queue_id: str | None = None) -> list[Pickup]:

@@ -31,6 +31,7 @@ from aiohttp import BodyPartReader, web
 
 from gateway.audit import AuditLog
 from gateway.config import PortalConfig
+from gateway.passphrase import normalise as normalise_passphrase
 
 from . import crypto
 from .mail import Composer, SubmitError, Submitter, original_headers
@@ -267,7 +268,7 @@ class Portal:
             found = await self._session(request)
             session = found[0] if found else None
             if found and session and session.recipient == pickup.recipient \
-                    and session.sender == pickup.sender:
+                    and session.sender == pickup.sender and not pickup.passphrase:
                 key = crypto.derive(secret, "pickup", pickup.id)
                 await self._grant(found[1], session.id_hash, pickup, key)
                 self._event("portal.open", request, pickup, "success", {"event.reason": "session"})
@@ -275,9 +276,8 @@ class Portal:
             else:
                 code = await self._io(self.store.code, pickup.id)
                 pending = code is not None and not code.used and code.expires > self.clock()
-                resp = self._page("verify.html", pickup_id=pickup.id, secret=secret, csrf=csrf,
-                                  masked=mask_address(pickup.recipient), code_sent=pending,
-                                  digits=self.config.code_digits, error=None)
+                resp = self._page("verify.html", **self._verify_values(pickup, secret, csrf,
+                                                                       pending))
         for name, value in cookies.items():
             self._cookie(resp, name, value)
         return resp
@@ -287,9 +287,7 @@ class Portal:
         form = await self._form(request)
         now = self.clock()
         existing: OneTimeCode | None = await self._io(self.store.code, pickup.id)
-        values = {"pickup_id": pickup.id, "secret": secret, "csrf": form["csrf"],
-                  "masked": mask_address(pickup.recipient), "digits": self.config.code_digits,
-                  "code_sent": True, "error": None}
+        values = self._verify_values(pickup, secret, form["csrf"], True)
         if existing is not None and now - existing.created < self.config.code_resend:
             wait = int(self.config.code_resend - (now - existing.created)) + 1
             values["error"] = (f"A code was sent a moment ago. Check your inbox (and spam "
@@ -315,16 +313,18 @@ class Portal:
         pickup, secret = await self._by_link(request)
         form = await self._form(request)
         now = self.clock()
-        values = {"pickup_id": pickup.id, "secret": secret, "csrf": form["csrf"],
-                  "masked": mask_address(pickup.recipient), "digits": self.config.code_digits,
-                  "code_sent": True, "error": None}
+        values = self._verify_values(pickup, secret, form["csrf"], True)
         if pickup.locked_until > now:
             return self._locked(request, pickup, values)
         code = "".join(ch for ch in str(form.get("code", "")) if ch.isdigit())
         key = crypto.derive(secret, "pickup", pickup.id)
-        ok = len(code) == self.config.code_digits and await self._io(
+        content_key: bytes | None = key
+        if pickup.passphrase:  # checked first: a wrong passphrase does not use up the code
+            content_key = await self._io(self._passphrase_key, pickup, key,
+                                         str(form.get("passphrase", "")))
+        ok = content_key is not None and len(code) == self.config.code_digits and await self._io(
             self.store.use_code, pickup.id, crypto.code_hash(key, code), now)
-        if not ok:
+        if not ok or content_key is None:
             failures, locked_until = await self._io(
                 self.store.record_failure, pickup.id, now, self.config.max_failures,
                 self.config.lockout)
@@ -335,8 +335,10 @@ class Portal:
                 self._event("portal.locked", request, pickup, "failure")
                 return self._locked(request, pickup, values)
             left = self.config.max_failures - failures
-            values["error"] = (f"That code is not right, or it has expired. You have {left} "
-                               f"more {'try' if left == 1 else 'tries'}; you can also ask for "
+            what = ("The passphrase or the code is not right, or the code has expired"
+                    if pickup.passphrase else "That code is not right, or it has expired")
+            values["error"] = (f"{what}. You have {left} more "
+                               f"{'try' if left == 1 else 'tries'}; you can also ask for "
                                "a new code.")
             return self._page("verify.html", 400, **values)
         await self._io(self.store.unlock, pickup.id)
@@ -345,11 +347,31 @@ class Portal:
         await self._io(self.store.add_session,
                        Session(session_hash, pickup.recipient, pickup.sender, now, now),
                        now + self.config.session_idle)
-        await self._grant(session_secret, session_hash, pickup, key)
+        await self._grant(session_secret, session_hash, pickup, content_key)
         self._event("portal.verified", request, pickup)
         resp = see_other(f"/m/{pickup.id}")
         self._cookie(resp, SESSION_COOKIE, session_secret)
         return resp
+
+    def _verify_values(self, pickup: Pickup, secret: str, csrf: str,
+                       code_sent: bool) -> dict[str, Any]:
+        return {"pickup_id": pickup.id, "secret": secret, "csrf": csrf,
+                "masked": mask_address(pickup.recipient), "digits": self.config.code_digits,
+                "code_sent": code_sent, "passphrase": pickup.passphrase, "error": None}
+
+    @staticmethod
+    def _passphrase_key(pickup: Pickup, link_key: bytes, given: str) -> bytes | None:
+        """The content key from the passphrase the recipient typed, or None when it does not
+        open the message (scrypt: run in a thread)."""
+        phrase = normalise_passphrase(given)
+        if not phrase or len(phrase) > 200:
+            return None
+        key = crypto.passphrase_key(link_key, phrase, pickup.id)
+        try:
+            crypto.unseal(key, pickup.sealed, pickup.id)
+        except crypto.SealError:
+            return None
+        return key
 
     def _locked(self, request: web.Request, pickup: Pickup,
                 values: dict[str, Any]) -> web.StreamResponse:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import ConfigError, _load_with_lines, _size
 from ..model import ACTIONS
+from ..passphrase import as_secure
 from .builtin import EXTRA_VALIDATORS
 from .engine import CATEGORIES, Chunk, DetectorSpec, Engine, RuleCompileError
 from .validators import VALIDATORS
@@ -129,7 +130,7 @@ def matches(when: Mapping[str, Any] | None, facts: MessageFacts, recipient: str,
         elif key == "own_domain_recipient":
             ok = own_domain(recipient.rpartition("@")[2]) == bool(val)
         elif key == "subject_contains":
-            subj = facts.subject.lower()
+            subj = as_secure(facts.subject).lower()  # "[secure: phrase]" is "[secure]"
             ok = any(str(k).lower() in subj for k in _as_list(val))
         elif key == "header":
             ok = all(str(v).lower() in facts.headers.get(str(h).lower(), "").lower()

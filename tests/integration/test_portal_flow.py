@@ -207,3 +207,63 @@ def test_refusals(portal_gw: GatewayProc, sink: Sink) -> None:
     assert Browser(gw.portal).get(link + "?s=1").status == 410
     listed = gw.cli("portal", "list", "--json")
     assert '"revoked": "' in listed.stdout and "Quux" not in listed.stdout
+
+
+def test_sender_passphrase(portal_gw: GatewayProc, sink: Sink) -> None:
+    """``[secure: phrase]``: the phrase goes to no one by mail (not the notification, not the
+    copy delivered to a colleague), the pickup opens only with the code AND the phrase (case and
+    spacing aside), a wrong phrase does not use up the code, and an open session does not skip
+    it for a new message."""
+    gw = portal_gw
+    msg = EmailMessage()
+    msg["From"] = "Alice Sender <alice@example.org>"
+    msg["To"] = "dave@dest.test, colleague@example.org"
+    msg["Subject"] = "Referral Quux [secure: Copper Lantern 58]"
+    msg.set_content(BODY)
+    with smtplib.SMTP("127.0.0.1", gw.relay, timeout=30) as c:
+        c.ehlo("client.test")
+        assert not c.sendmail("alice@example.org", ["dave@dest.test", "colleague@example.org"],
+                              msg.as_bytes(policy=SMTP))
+    note = _wait(sink, _to("dave@dest.test", "Secure message from"))
+    _wait(sink, _to("colleague@example.org"))  # [secure] sends everyone to the portal
+    link = link_of(note.data)
+    b = Browser(gw.portal)
+    page = b.get(link + "?s=1")
+    sent = b.post(link + "/send", {"csrf": page.form_token()})
+    assert 'name="passphrase"' in sent.text and "Passphrase from the sender" in sent.text
+    code = code_of(_wait(sink, _to("dave@dest.test", "one-time code")).data)
+    wrong = b.post(link + "/verify", {"csrf": sent.form_token(), "code": code,
+                                      "passphrase": "copper lantern 59"})
+    assert wrong.status == 400 and "passphrase" in wrong.text
+    missing = b.post(link + "/verify", {"csrf": wrong.form_token(), "code": code})
+    assert missing.status == 400
+    done = b.post(link + "/verify", {"csrf": missing.form_token(), "code": code,
+                                     "passphrase": "  copper   LANTERN 58 "})
+    assert done.status == 303, done.text
+    mid = link.split("/")[2]
+    page = b.get(f"/m/{mid}")
+    assert page.status == 200 and "Testpatient Quux" in page.text
+    assert "Copper" not in page.text and "[secure" not in page.text
+    # the store knows the pickup needs a passphrase, and the phrase itself is nowhere
+    db = (gw.var / "portal.db").read_bytes()
+    wal = gw.var / "portal.db-wal"
+    if wal.exists():
+        db += wal.read_bytes()
+    logs = (gw.var / "log" / "audit.jsonl").read_text() + gw.out.read_text()
+    for place in (db, logs.encode()):
+        assert b"copper" not in place.lower()
+    # a second protected message from the same sender: the open session is not enough
+    msg.replace_header("Subject", "Second [secure: Copper Lantern 58]")
+    msg.replace_header("To", "dave@dest.test")
+    with smtplib.SMTP("127.0.0.1", gw.relay, timeout=30) as c:
+        c.ehlo("client.test")
+        assert not c.sendmail("alice@example.org", ["dave@dest.test"], msg.as_bytes(policy=SMTP))
+
+    def second(m: Received) -> bool:
+        return "dave@dest.test" in m.rcpt_tos and link_of(m.data) != link \
+            if b"/p/" in m.data else False
+    link2 = link_of(_wait(sink, second).data)
+    again = b.get(link2 + "?s=1")
+    assert again.status == 200 and "Email me a code" in again.text
+    with sink.handler.lock:  # no mail that left carries the phrase
+        assert not [m for m in sink.handler.messages if b"copper" in m.data.lower()]

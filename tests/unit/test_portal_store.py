@@ -14,7 +14,7 @@ import pytest
 from portal import crypto
 from portal.model import OneTimeCode, Pickup, PortalStore, Reply, Session, StoreError
 from portal.store import open_store
-from portal.store_sqlite import SqliteStore
+from portal.store_sqlite import SCHEMA, SqliteStore
 from tests.portal_pg import PgCluster, pg_bindir, pg_dsn, pg_server  # noqa: F401
 
 T = TypeVar("T")
@@ -89,6 +89,35 @@ def test_add_and_read_pickup(store: PortalStore) -> None:
     store.add_pickup(p)
     assert store.pickup("p1") == p
     assert store.pickup("nope") is None
+
+
+def test_passphrase_flag_kept(store: PortalStore) -> None:
+    p = Pickup(**{**make_pickup("p2").__dict__, "passphrase": True})
+    store.add_pickup(p)
+    assert store.pickup("p2") == p and store.pickup("p2").passphrase  # type: ignore[union-attr]
+    assert [x.passphrase for x in store.pickups(sender=p.sender)] == [True]
+
+
+def test_schema_1_sqlite_file_gains_the_passphrase_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = SCHEMA.replace(",\n    passphrase INTEGER NOT NULL DEFAULT 0", "")
+    assert "passphrase" not in old
+    conn = sqlite3.connect(path)
+    conn.executescript(old)
+    conn.execute("INSERT INTO meta VALUES ('schema', '1')")
+    conn.execute("INSERT INTO pickups (id, token_hash, sender, recipient, created, expires, "
+                 "sealed) VALUES ('p0', x'00', 'a@x.example', 'b@y.example', 1, 2, x'01')")
+    conn.commit()
+    conn.close()
+    s = SqliteStore(path)
+    try:
+        assert s.pickup("p0").passphrase is False  # type: ignore[union-attr]
+        s.add_pickup(Pickup(**{**make_pickup("p3").__dict__, "passphrase": True}))
+        assert s.pickup("p3").passphrase is True  # type: ignore[union-attr]
+    finally:
+        s.close()
 
 
 def test_duplicate_pickup_id_is_a_store_error(store: PortalStore) -> None:
