@@ -139,6 +139,32 @@ _GREETING_END = frozenset({"dear", "hi", "hello", "hey", "greetings", "attn", "a
                            "morning", "afternoon", "evening"})
 _NUMBER_BEFORE_I = re.compile(_NUMBER_BEFORE.pattern, re.I)  # as in _LINE_NOT_PATIENT
 _LAST_ALNUM = re.compile(r"[A-Za-z0-9]+$")
+_ALPHA = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ALNUM = _ALPHA + "0123456789"
+_NON_ALPHA = "".join(chr(c) for c in range(128) if chr(c) not in _ALPHA)
+
+
+def _label_finals() -> tuple[frozenset[str], tuple[str, ...]]:
+    """The words that can end a match of _ROLE_LABEL_BEFORE or _SALUTATION_BEFORE (the last
+    run of letters of the matched text), and the suffixes of the open-ended role words."""
+    words = {"provider", "prescriber", "physician", "attending", "referring", "md", "ordering",
+             "rendering", "pcp", "presenter", "speaker", "keynote", "author", "from", "to",
+             "cc", "bcc", "sender", "contact", "call", "rn", "staff", "covering", "by", "ing",
+             "ccing", "copying", "dear", "hi", "hello", "hey", "greetings", "attn", "attention",
+             "morning", "afternoon", "evening"}
+    suffixes = []
+    for alt in _ROLES.split("|"):
+        if alt.startswith("[a-z]+"):
+            suffixes.append(alt[len("[a-z]+"):])
+        elif alt == "counsell?or":
+            words |= {"counselor", "counsellor"}
+        else:
+            assert alt.isalpha(), alt
+            words.add(alt)
+    return frozenset(words), tuple(suffixes)
+
+
+_LABEL_FINALS, _LABEL_SUFFIXES = _label_finals()
 
 
 def _line_not_patient(line: str) -> bool:
@@ -147,15 +173,21 @@ def _line_not_patient(line: str) -> bool:
     core = line.rstrip()
     if not core:
         return False
-    if not core.isascii():  # re.I folds a few non-ASCII letters onto ASCII ones
+    if not core.isascii() or "\n" in core:  # re.I folds a few non-ASCII letters onto ASCII
         return _LINE_NOT_PATIENT.search(line) is not None
     last = core[-1]
     if last in ":#,-":
+        # a role label or a greeting ends with its word: searching the line for all of them
+        # costs tens of microseconds, the last word says whether any can match
+        rest = core.rstrip(_NON_ALPHA)
+        word = rest[len(rest.rstrip(_ALPHA)):].lower()
+        if word not in _LABEL_FINALS and not word.endswith(_LABEL_SUFFIXES):
+            return False
         return bool(_ROLE_LABEL_BEFORE.search(line) or _SALUTATION_BEFORE.search(line))
-    alnum = _LAST_ALNUM.search(core[:-1] if last == "." else core)
-    if alnum is None:
+    body = core[:-1] if last == "." else core
+    tail = body[len(body.rstrip(_ALNUM)):].lower()  # _LAST_ALNUM, without its quadratic search
+    if not tail:
         return False
-    tail = alnum.group().lower()
     if tail in _CLINICIAN_END:
         return _CLINICIAN_BEFORE.search(line) is not None
     if tail in _ROLE_END:
@@ -173,6 +205,18 @@ _ROLE_AFTER = (r"^(?:,[ \t]*|[ \t]*\r?\n[ \t]*|[ \t]+[-|][ \t]+)(?:[A-Z][A-Za-z&
 _AFTER_NOT_PATIENT = re.compile(
     f"(?:{_CREDENTIAL_AFTER.pattern})|(?:{_EMAIL_AFTER.pattern})|(?i:{_WROTE_AFTER.pattern})"
     f"|(?:{_ROLE_AFTER})")
+# the same without "wrote:" (searched for up to 80 characters ahead: cheaper to look for the
+# word first)
+_AFTER_NOT_PATIENT_NEAR = re.compile(
+    f"(?:{_CREDENTIAL_AFTER.pattern})|(?:{_EMAIL_AFTER.pattern})|(?:{_ROLE_AFTER})")
+_WROTE_AFTER_I = re.compile(_WROTE_AFTER.pattern, re.I)
+
+
+def _after_not_patient(after: str) -> bool:
+    """``_AFTER_NOT_PATIENT.match(after)``."""
+    if _AFTER_NOT_PATIENT_NEAR.match(after) is not None:
+        return True
+    return "wrote:" in after[:86].lower() and _WROTE_AFTER_I.match(after) is not None
 
 
 def _cap(word: str) -> str:
@@ -202,13 +246,19 @@ def _tokens(text: str) -> list[tuple[str, int]]:
     """Words with their offsets; a trailing '.' stays on initials and titles, a possessive
     "'s" is dropped ("Mark's labs")."""
     out = []
-    for m in _WORD.finditer(text):
-        w = m.group()
+    # findall and find rather than finditer (match objects are slow): a word starts at every
+    # ASCII letter not inside the word before, so the next occurrence of a word after the
+    # one before is where it was found
+    find = text.find
+    pos = 0
+    for w in _WORD.findall(text):
+        off = find(w, pos)
+        pos = off + len(w)
         if len(w) > 2:
             w = w.rstrip(".")
             if w.endswith(("'s", "'S")):
                 w = w[:-2]
-        out.append((w, m.start()))
+        out.append((w, off))
     return out
 
 
@@ -304,7 +354,7 @@ def _mention(before: str, text: str, after: str, prefiltered: bool = False) -> b
     # number), on the line before it (a valediction) and just after it (a credential)
     before, after = before + text[:s], text[e:] + after
     line = before[before.rfind("\n") + 1:][-40:]
-    return not (_line_not_patient(line) or _AFTER_NOT_PATIENT.match(after)
+    return not (_line_not_patient(line) or _after_not_patient(after)
                 or _signature(before) or _STREET_AFTER.match(after)
                 or _COMPANY_AFTER.match(after))
 
@@ -465,6 +515,8 @@ def zip_code(text: str) -> bool:
 
 @functools.cache
 def validators() -> dict[str, Callable[[str], bool]]:
+    from . import places, safe_harbor  # noqa: PLC0415 (they import this module's name lists)
+
     return {
         "icd10": icd10, "phone_number": phone_number, "person_name": person_name,
         "person_name_strict": person_name_strict, "zip_code": zip_code,
@@ -477,6 +529,8 @@ def validators() -> dict[str, Callable[[str], bool]]:
         "lab_value": ContextualValidator(_lab_value, before=0, after=30),
         "icd10_code": ContextualValidator(_icd10_in_text, before=12, after=2),
         "own_reference": ContextualValidator(_own_reference, before=0, after=24),
+        **places.validators(),  # cities and counties in patient context
+        **safe_harbor.validators(),  # encounter dates, ages over 89, hyphenated names, ...
     }
 
 
@@ -486,4 +540,7 @@ WORDLISTS: dict[str, Callable[[], Sequence[str]]] = {
 }
 EXTRA_VALIDATORS = ("icd10", "phone_number", "person_name", "person_name_strict", "zip_code",
                     "patient_name", "person_mention", "addressee", "name_with_birth_date",
-                    "name_with_record_number", "lab_value", "icd10_code", "own_reference")
+                    "name_with_record_number", "lab_value", "icd10_code", "own_reference",
+                    "us_place", "city_state_zip", "encounter_date", "age_over_89",
+                    "hyphenated_name", "hyphenated_patient", "nickname", "labelled_code",
+                    "vehicle_plate", "patient_record_url", "personal_url")

@@ -174,6 +174,13 @@ class _Plan(NamedTuple):
     shared: str | None  # the validator's name when other detectors use it too (memoised)
     patient_cols: re.Pattern[str] | None
     is_name: bool
+    # the validator taken apart (attribute lookups per candidate add up): a contextual one's
+    # prefilter, check and context widths
+    contextual: bool
+    prefilter: Callable[[str], bool] | None
+    check: Callable[..., bool] | None
+    before: int
+    after: int
 
 
 @dataclass(frozen=True)
@@ -579,7 +586,7 @@ class Engine:
                 spec.context_required, _words_rx(self._column_words[i]),
                 self._column_first[i], excl_ids, spec.exclude_window, validator,
                 (spec.validate or "") if uses.get(spec.validate or "", 0) > 1 else None,
-                patient_cols, is_name))
+                patient_cols, is_name, *_taken_apart(validator)))
         self._regex_dbs: list[tuple[hyperscan.Database, list[int]]] = [
             (_database(exprs, fl, False, cache_dir), owners)
             for exprs, fl, owners in groups.values()
@@ -639,13 +646,15 @@ class Engine:
         # Display names in the address headers are not scanned: they are the correspondents,
         # used only to recognise the sender's and clinicians' names in the text.
         headers = [c for c in chunks if c.kind == "header"]
-        seen: set[str] = set()
-        unique: list[Chunk] = []
-        for c in chunks:
-            key = " ".join(c.text.split())
-            if c.kind != "header" and key not in seen:
-                seen.add(key)
-                unique.append(c)
+        unique = [c for c in chunks if c.kind != "header"]
+        if len(unique) > 1:
+            seen: set[str] = set()
+            chunks, unique = unique, []
+            for c in chunks:
+                key = " ".join(c.text.split())
+                if key not in seen:
+                    seen.add(key)
+                    unique.append(c)
         chunks = unique
         if not chunks:
             return decide([])
@@ -685,6 +694,8 @@ class Engine:
             return got
 
         where0, kind0 = chunks[0].where, chunks[0].kind
+        labels_at = tables._at  # labels by position, memoised (tables.labels fills it)
+        present_answers = present._answers
         for spec_i, start, ends in candidates:
             plan = plans[spec_i]
             longest = max(ends) if len(ends) > 1 else ends[0]
@@ -702,17 +713,31 @@ class Engine:
                 continue
             (_, sid, stype, scat, sscore, sstrong, nameish, ctx_ids, window, required,
              col_words, col_first, excl_ids, excl_window, validator, shared, patient_cols,
-             is_name) = plan
+             is_name, contextual, prefilter, check, vbefore, vafter) = plan
             # cheap checks first: context words near (the window is measured from the longest
             # end, which can only make it wider), excluded words; then table labels (memoised
             # per place and shared by the column detectors), then validation (memoised when
             # several detectors validate the same span)
-            window_ok = bool(ctx_ids) and _near(ctx_ids, start - window, longest + window,
-                                                context_pos)
-            if required and not window_ok and (
-                    col_words is None or not present.any_of(col_first)
-                    or not label_ok(col_words, tables.labels(start))):
-                continue
+            if required and not (ctx_ids and _near(ctx_ids, start - window, longest + window,
+                                                   context_pos)):
+                if col_words is None:
+                    continue
+                has = present_answers.get(col_first)
+                if has is None:
+                    has = present.any_of(col_first)
+                if not has:
+                    continue
+                labels = labels_at.get(start)
+                if labels is None:
+                    labels = tables.labels(start)
+                if not labels:
+                    continue
+                mkey = (col_words, labels)
+                got = matched.get(mkey)
+                if got is None:
+                    got = matched[mkey] = _labelled(col_words, labels)
+                if not got:
+                    continue
             if excl_ids and _near(excl_ids, start - excl_window, start - 1, context_pos):
                 continue
             if validator is None:
@@ -729,14 +754,28 @@ class Engine:
                     tried = _word_ends(data, ends, 1 if nameish else 3)
                 found = -1
                 for e in tried:
-                    if shared is None:
-                        ok = _valid(validator, data, start, e)
-                    else:
+                    if shared is not None:
                         vkey = (shared, start, e)
-                        got = checked.get(vkey)
-                        if got is None:
-                            got = checked[vkey] = _valid(validator, data, start, e)
-                        ok = got
+                        ok = checked.get(vkey)
+                        if ok is not None:
+                            if ok:
+                                found = e
+                                break
+                            continue
+                    # _valid, inlined
+                    text = data[start:e].decode("utf-8", "replace")
+                    if not contextual:
+                        ok = check(text)
+                    elif prefilter is not None and not prefilter(text):
+                        ok = False
+                    else:
+                        lo = data.rfind(b"\x00", max(0, start - vbefore), start) + 1
+                        hi = data.find(b"\x00", e, e + vafter)
+                        ok = check(data[max(lo, start - vbefore):start].decode("utf-8", "replace"),
+                                   text,
+                                   data[e:hi if hi >= 0 else e + vafter].decode("utf-8", "replace"))
+                    if shared is not None:
+                        checked[(shared, start, e)] = ok
                     if ok:
                         found = e
                         break
@@ -762,6 +801,13 @@ class Engine:
                         continue
             append(hit)
         return decide(_dedupe(hits))
+
+
+def _taken_apart(fn: Callable[[str], bool] | None) -> tuple[
+        bool, Callable[[str], bool] | None, Callable[..., bool] | None, int, int]:
+    if isinstance(fn, ContextualValidator):
+        return True, fn.prefilter, fn.check, fn.before, fn.after
+    return False, None, fn, 0, 0
 
 
 def _valid(fn: Callable[[str], bool], data: bytes, start: int, end: int) -> bool:
