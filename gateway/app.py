@@ -322,6 +322,8 @@ class Gateway:
             self.handlers[0].state.policy.close(wait=True)
         if self.limiter is not None:
             await self.limiter.close()
+        if self.tls_policy is not None:
+            await self.tls_policy.capabilities.close()
         if self.portal is not None:
             with contextlib.suppress(Exception):
                 await self.portal.stop()

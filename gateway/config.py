@@ -10,7 +10,7 @@ import functools
 import ipaddress
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,6 +106,7 @@ class TlsConfig:
     dane: bool = True
     fallback_after: float = 0.0  # PHI to a destination short of TLS: portal after this long
     capability_ttl: float = 3600.0
+    capability_redis: str | None = None  # shared capability cache (default: ratelimit.redis)
 
 
 TLS_LEVELS = ("none", "may", "encrypt", "verify", "dane", "portal")
@@ -732,7 +733,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
     )
     tls_d = chk.section(top.get("tls"), "tls", [
         "cert", "key", "policy_file", "ca_file", "mta_sts", "mta_sts_port", "dane",
-        "fallback_after", "capability_ttl"])
+        "fallback_after", "capability_ttl", "capability_redis"])
     policy_file = chk.get(tls_d, "tls", "policy_file", conf_path, base / "tls_policy.yaml")
     tls = TlsConfig(
         cert=chk.get(tls_d, "tls", "cert", conf_path, None),
@@ -745,6 +746,7 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
         dane=chk.get(tls_d, "tls", "dane", _bool, True),
         fallback_after=chk.get(tls_d, "tls", "fallback_after", _duration_or_zero, 0.0),
         capability_ttl=chk.get(tls_d, "tls", "capability_ttl", _duration, 3600.0),
+        capability_redis=chk.get(tls_d, "tls", "capability_redis", _redis_url, None),
     )
     if (tls.cert is None) != (tls.key is None):
         chk.fail("tls", "set both tls.cert and tls.key, or neither (one is generated)")
@@ -817,6 +819,8 @@ def _validate(data: Any, chk: _Checker, source: Path, base: Path) -> Config | No
     dkim = _dkim(top.get("dkim"), chk, conf_path)
     encrypt = _encrypt(top.get("encrypt"), chk, var, var_path, conf_path)
     ratelimit = _ratelimit(top.get("ratelimit"), chk)
+    if "capability_redis" not in (tls_d or {}) and ratelimit.redis:
+        tls = replace(tls, capability_redis=ratelimit.redis)  # the nodes' one shared Redis
     cfg = Config(
         source=source,
         hostname=hostname,
@@ -1027,19 +1031,21 @@ def _rl_metrics(data: Any, chk: _Checker, path: str, scope: str) -> tuple[Limit,
     return tuple(out)
 
 
+def _redis_url(value: Any) -> str | None:
+    if value in (None, "", False):
+        return None
+    text = _string(value)
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"expected redis://HOST:PORT/DB, got {value!r}")
+    return text
+
+
 def _ratelimit(data: Any, chk: _Checker) -> RateLimitConfig:
     d = chk.section(data, "ratelimit", [
         "enabled", "redis", "redis_timeout", "on_redis_error", "exempt", "trusted_ip",
         "groups", "anomaly", "snapshot_interval"])
     base = RateLimitConfig()
-
-    def redis_url(value: Any) -> str | None:
-        if value in (None, "", False):
-            return None
-        text = _string(value)
-        if not text.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected redis://HOST:PORT/DB, got {value!r}")
-        return text
+    redis_url = _redis_url
 
     groups: list[LimitGroup] = []
     raw_groups = d.get("groups")

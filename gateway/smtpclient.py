@@ -234,10 +234,11 @@ class SmtpSender:
         await client.ehlo()
         return _Conn(client, hop, tls, self.clock(), achieved)
 
-    def _known_plaintext(self, route: Route, req: Requirement) -> bool:
-        """Every hop is known (recently) to offer no STARTTLS."""
+    async def _known_plaintext(self, route: Route, req: Requirement) -> bool:
+        """Every hop is known (recently, here or by another node) to offer no STARTTLS."""
         if self.capabilities is None or not route.hops:
             return False
+        await self.capabilities.fetch(h.name for h in route.hops)
         caps = [self.capabilities.get(h.name) for h in route.hops]
         return all(c is not None and not c.starttls for c in caps)
 
@@ -264,7 +265,7 @@ class SmtpSender:
                 pool.extend(keep)
             if found is not None:
                 return found
-        if req.strict and self._known_plaintext(route, req):
+        if req.strict and await self._known_plaintext(route, req):
             raise _TlsNotMet("destination offers no STARTTLS (known from an earlier "
                              "connection)", route.hops[0])
         last: Exception = ConnectionError("no route")

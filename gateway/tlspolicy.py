@@ -16,10 +16,11 @@ even over TLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -302,6 +303,13 @@ class Capabilities:
     """What each MX host offered last time (in process), so a destination known to have no
     STARTTLS goes straight to the portal without a wasted connection."""
 
+    async def fetch(self, hosts: Iterable[str]) -> None:
+        """Learn what other workers and nodes saw of ``hosts`` (nothing to learn here)."""
+        return None
+
+    async def close(self) -> None:
+        return None
+
     def __init__(self, ttl: float, clock: Callable[[], float] = time.time) -> None:
         self.ttl = ttl
         self.clock = clock
@@ -317,6 +325,74 @@ class Capabilities:
         self._hosts[host.lower()] = Capability(starttls, version, self.clock())
 
 
+class SharedCapabilities(Capabilities):
+    """The capability cache shared through Redis by every worker and node (the design's
+    multi-node default): what one node learns, the others use. Redis is a help, never a
+    dependency: each lookup waits at most ``timeout``, a failure leaves Redis alone for
+    ``BREAKER`` seconds, and the local cache goes on working."""
+
+    BREAKER = 5.0
+
+    def __init__(self, ttl: float, url: str, timeout: float = 0.5,
+                 clock: Callable[[], float] = time.time, prefix: str = "tlscap:") -> None:
+        super().__init__(ttl, clock)
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), decode_responses=True)
+        self.prefix = prefix
+        self.timeout = timeout
+        self._down_until = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def record(self, host: str, starttls: bool, version: str = "") -> None:
+        super().record(host, starttls, version)
+        if time.monotonic() < self._down_until:
+            return
+        task = asyncio.ensure_future(self._store(host.lower(), self._hosts[host.lower()]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store(self, host: str, c: Capability) -> None:
+        try:
+            async with self.client.pipeline(transaction=False) as p:
+                p.hset(self.prefix + host, mapping={"s": int(c.starttls), "v": c.version,
+                                                    "t": repr(c.checked)})
+                p.expire(self.prefix + host, max(1, int(self.ttl)))
+                await asyncio.wait_for(p.execute(), self.timeout * 2)
+        except Exception:  # redis errors, timeouts: the local cache still has it
+            self._down_until = time.monotonic() + self.BREAKER
+
+    async def fetch(self, hosts: Iterable[str]) -> None:
+        missing = [h.lower() for h in hosts if self.get(h) is None]
+        if not missing or time.monotonic() < self._down_until:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as p:
+                for h in missing:
+                    p.hmget(self.prefix + h, "s", "v", "t")
+                rows = await asyncio.wait_for(p.execute(), self.timeout * 2)
+        except Exception:
+            self._down_until = time.monotonic() + self.BREAKER
+            return
+        for h, (s, v, t) in zip(missing, rows, strict=True):
+            if s is not None and t is not None:
+                seen = Capability(s == "1", v or "", float(t))
+                known = self._hosts.get(h)
+                if known is None or known.checked < seen.checked:
+                    self._hosts[h] = seen
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(t, self.timeout * 2)
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
 # --------------------------------------------------------------------------- resolution
 
 
@@ -329,7 +405,10 @@ class TlsPolicy:
         self.resolver = resolver
         self.clock = clock
         self.sts = MtaSts(resolver, config.tls.mta_sts_port, config.tls.ca_file, clock)
-        self.capabilities = Capabilities(config.tls.capability_ttl, clock)
+        self.capabilities = (
+            SharedCapabilities(config.tls.capability_ttl, config.tls.capability_redis,
+                               clock=clock)
+            if config.tls.capability_redis else Capabilities(config.tls.capability_ttl, clock))
 
     def static(self, domain: str) -> DestinationTls | None:
         d = domain.lower().rstrip(".")

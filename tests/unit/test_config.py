@@ -105,3 +105,18 @@ def test_check_config_cli(tmp_path, capsys):
     assert main(["check-config", "--config", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:1: workers: expected 'auto' or a number" in err
+
+
+def test_tls_capability_cache_shares_the_ratelimit_redis_unless_told():
+    conf = ROOT / "conf" / "gateway.yaml"
+    assert load_config(conf).tls.capability_redis is None
+    shared = load_config(conf, ["ratelimit.redis=redis://127.0.0.1:6390/0"])
+    assert shared.tls.capability_redis == "redis://127.0.0.1:6390/0"
+    own = load_config(conf, ["ratelimit.redis=redis://127.0.0.1:6390/0",
+                             "tls.capability_redis=redis://127.0.0.1:6391/1"])
+    assert own.tls.capability_redis == "redis://127.0.0.1:6391/1"
+    off = load_config(conf, ["ratelimit.redis=redis://127.0.0.1:6390/0",
+                             "tls.capability_redis=false"])
+    assert off.tls.capability_redis is None
+    with pytest.raises(ConfigError, match="capability_redis"):
+        load_config(conf, ["tls.capability_redis=localhost:6379"])
