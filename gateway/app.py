@@ -156,6 +156,7 @@ class Gateway:
         self.router: Router | None = None
         self._stopped = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self._sts_refresh: asyncio.Task[None] | None = None
         self.portal: PortalService | None = None
         self.limiter: RateLimiter | None = None
         self.tls_policy: TlsPolicy | None = None
@@ -244,6 +245,7 @@ class Gateway:
                 ssl_handshake_timeout=30 if listener.implicit_tls else None))
         self.delivery.start()
         self._watcher = asyncio.create_task(self._watch_rules())
+        self._sts_refresh = asyncio.create_task(self.tls_policy.sts.run_refresh())
         self.audit.emit("service.started", {"process.pid": os.getpid(),
                                             "process.worker": self.worker,
                                             "service.state": "running"})
@@ -310,8 +312,9 @@ class Gateway:
     async def stop(self, grace: float = 30.0) -> None:
         for s in self.servers:
             s.close()
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in (self._watcher, self._sts_refresh):
+            if task is not None:
+                task.cancel()
         deadline = time.monotonic() + grace
         # bounded polling: sessions in DATA finish on their own, we only wait for them
         while any(h.in_data for h in self.handlers) and time.monotonic() < deadline:  # noqa: ASYNC110

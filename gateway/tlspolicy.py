@@ -36,6 +36,11 @@ from .config import Config, DestinationTls
 RANK = {"none": 0, "may": 1, "encrypt": 2, "verify": 3, "dane": 4}
 MTA_STS_MAX_BYTES = 64 * 1024
 MTA_STS_TIMEOUT = 10.0
+# A cached policy is fetched again (in the background, and on use) once this share of its
+# max_age has passed, so one used regularly never lapses (RFC 8461 section 5.1: refresh
+# proactively); a failed refresh keeps the cached policy until it expires.
+MTA_STS_REFRESH_AFTER = 0.5
+MTA_STS_REFRESH_EVERY = 3600.0  # how often the background task looks at the cache
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,10 @@ class StsPolicy:
     def fresh(self, now: float) -> bool:
         return now < self.fetched + self.max_age
 
+    def due(self, now: float) -> bool:
+        """Time to fetch it again (it is still in force until it expires)."""
+        return now >= self.fetched + self.max_age * MTA_STS_REFRESH_AFTER
+
 
 def parse_sts_txt(texts: list[str]) -> str | None:
     """The policy id from ``_mta-sts`` TXT records (exactly one valid v=STSv1 record)."""
@@ -207,7 +216,8 @@ class MtaSts:
         if policy_id is None:
             # No record (any more): a cached policy stays in force until it expires.
             return cached if cached is not None and cached.fresh(now) else None
-        if cached is not None and cached.id == policy_id and cached.fresh(now):
+        if cached is not None and cached.id == policy_id and cached.fresh(now) \
+                and not cached.due(now):
             return cached
         try:
             fetched = parse_sts_policy(await self._fetch(domain), policy_id, now)
@@ -216,6 +226,26 @@ class MtaSts:
             return cached
         self._cache[domain] = fetched
         return fetched
+
+    async def refresh(self) -> int:
+        """Fetch again every cached policy that is due (the background task's step); drop
+        expired ones. Returns how many were refreshed."""
+        now = self.clock()
+        done = 0
+        for domain, cached in list(self._cache.items()):
+            if not cached.fresh(now):
+                self._cache.pop(domain, None)
+            elif cached.due(now):
+                fresh = await self.policy(domain)
+                done += fresh is not None and fresh.fetched >= now
+        return done
+
+    async def run_refresh(self) -> None:
+        """Refresh due policies every ``MTA_STS_REFRESH_EVERY`` seconds, for ever."""
+        while True:
+            await asyncio.sleep(MTA_STS_REFRESH_EVERY)
+            with contextlib.suppress(Exception):  # one bad domain must not end the task
+                await self.refresh()
 
     async def _fetch(self, domain: str) -> str:
         ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)

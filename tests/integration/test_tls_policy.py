@@ -284,3 +284,51 @@ def test_mta_sts_and_dane(published_world: dict[str, Any]) -> None:
                        and e["email.to.address"] == "dan@danebad.test")
     assert "TLSA" in ev["tls.failure"]
     assert sinks["danebad"].messages == []
+
+
+async def test_mta_sts_policies_refreshed_before_they_expire(ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """RFC 8461 5.1: a cached policy is fetched again once half its max_age has passed (in the
+    background, without a message to send), so it never lapses while the domain keeps it; a
+    failed refresh keeps the cached policy in force until it expires."""
+    import dns.asyncresolver
+
+    from gateway.tlspolicy import MtaSts
+
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    served = {"mta-sts.refresh.test": "version: STSv1\nmode: testing\nmx: mx.refresh.test\n"
+                                      "max_age: 1000\n"}
+    _StsHandler.policies = served
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StsHandler)
+    httpd.socket = _tls_ctx(ca, "mta-sts.refresh.test").wrap_socket(httpd.socket,
+                                                                     server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    dns_server = AdDns({("_mta-sts.refresh.test", "TXT"): ['"v=STSv1; id=7"'],
+                        ("mta-sts.refresh.test", "A"): ["127.0.0.1"]}, secure=set())
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port = ["127.0.0.1"], dns_server.port
+    now = [1_000_000.0]
+    sts = MtaSts(resolver, httpd.server_address[1], ca_file, lambda: now[0])
+    try:
+        first = await sts.policy("refresh.test")
+        assert first is not None and first.mode == "testing" and first.fetched == now[0]
+        # the domain moves to enforce under the same id (allowed: the id names the version
+        # the sender cached, a refresh picks the change up)
+        served["mta-sts.refresh.test"] = served["mta-sts.refresh.test"].replace(
+            "testing", "enforce")
+        now[0] += 400  # not due yet: nothing fetched
+        assert await sts.refresh() == 0 and (await sts.policy("refresh.test")).mode == "testing"  # type: ignore[union-attr]
+        now[0] += 200  # past half its max_age: the background step fetches it again
+        assert await sts.refresh() == 1
+        renewed = sts._cache["refresh.test"]
+        assert renewed.mode == "enforce" and renewed.fetched == now[0]
+        # the policy server gone: the refresh fails, the cached policy stays in force
+        httpd.shutdown()
+        httpd.server_close()
+        now[0] += 600
+        assert await sts.refresh() == 0
+        assert (await sts.policy("refresh.test")) is renewed
+        now[0] += 500  # expired: dropped
+        assert await sts.refresh() == 0 and "refresh.test" not in sts._cache
+    finally:
+        dns_server.close()
