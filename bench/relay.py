@@ -632,6 +632,8 @@ class Phigate(System):
         except FileNotFoundError:
             return []
         text = raw[:self.out_at_stop].decode(errors="replace")
+        text = "".join(ln for ln in text.splitlines(keepends=True)
+                       if not ln.startswith("phigate-timing: "))
         out: list[str] = []
         for block in re.split(r"(?m)^(?=phigate-trace )", text):
             if block.startswith("phigate-trace ") or "Fatal Python error" in block:
@@ -691,10 +693,13 @@ class OpenDkim:
     anybody may write to, and OpenDKIM refuses a key on such a path otherwise. No syslog;
     ``LogResults`` would log every message, so errors only (``-v``-less) go to its stderr."""
 
-    def __init__(self, base: Path, domain: str, selector: str = "bench") -> None:
+    def __init__(self, base: Path, domain: str, selector: str = "bench",
+                 socket_kind: str = "unix") -> None:
         self.base = base
         self.domain, self.selector = domain, selector
+        self.socket_kind = socket_kind
         self.port = free_port()
+        self.sock_path = base / "opendkim.sock"
         self.conf = base / "opendkim.conf"
         self.key = base / f"{selector}.private"
         self.out = base / "opendkim.out"
@@ -713,14 +718,17 @@ class OpenDkim:
             f"Selector {self.selector}",
             f"KeyFile {self.key}",
             "RequireSafeKeys false",
-            f"Socket inet:{self.port}@127.0.0.1",
+            f"Socket {self.socket_spec()}",
+            "UMask 000",  # the socket: Postfix's smtpd (user postfix) must connect to it
             "Canonicalization relaxed/relaxed",
             "SignatureAlgorithm rsa-sha256",
             "",
         ]))
         cmd = [OPENDKIM, "-f", "-x", str(self.conf)]
-        log(f"[opendkim] {' '.join(cmd)}  (inet:{self.port}@127.0.0.1, RSA-2048 "
+        log(f"[opendkim] {' '.join(cmd)}  ({self.socket_spec()}, RSA-2048 "
             f"{self.selector}._domainkey.{self.domain})")
+        with contextlib.suppress(FileNotFoundError):
+            self.sock_path.unlink()
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -729,9 +737,22 @@ class OpenDkim:
             if self.proc is not None and self.proc.poll() is not None:
                 raise BenchError(f"opendkim exited with {self.proc.returncode}: "
                                  f"{self.out.read_text(errors='replace')[-500:]}")
+            if self.socket_kind == "unix":
+                return self.sock_path.is_socket()
             return port_open(self.port)
 
-        wait_until(ready, 30, f"opendkim on port {self.port}", 0.1)
+        wait_until(ready, 30, f"opendkim on {self.socket_spec()}", 0.1)
+
+    def socket_spec(self) -> str:
+        """OpenDKIM's spelling of its socket (Postfix's is ``postfix_spec``)."""
+        if self.socket_kind == "unix":
+            return f"local:{self.sock_path}"
+        return f"inet:{self.port}@127.0.0.1"
+
+    def postfix_spec(self) -> str:
+        if self.socket_kind == "unix":
+            return f"unix:{self.sock_path}"
+        return f"inet:127.0.0.1:{self.port}"
 
     def public_txt(self) -> str:
         """The TXT record value (``v=DKIM1; ... p=...``) from opendkim-genkey's .txt file."""
@@ -749,7 +770,7 @@ class PostfixRelay(System):
     every message; ``milter_default_action = tempfail``, so a milter that fails defers mail
     instead of passing it unsigned."""
 
-    def __init__(self, workdir: Path, dkim: bool = False) -> None:
+    def __init__(self, workdir: Path, dkim: bool = False, milter_socket: str = "unix") -> None:
         self.label = "postfix-dkim" if dkim else "postfix"
         self.base = workdir / self.label
         self.conf = self.base / "etc"
@@ -759,12 +780,12 @@ class PostfixRelay(System):
         self.sink = Sink(workdir, f"sink-{self.label}")
         self.port = free_port()
         self.started = False
-        self.milter = OpenDkim(self.base / "opendkim", SENDER.partition("@")[2]) if dkim \
-            else None
+        self.milter = OpenDkim(self.base / "opendkim", SENDER.partition("@")[2],
+                               socket_kind=milter_socket) if dkim else None
 
     def main_cf(self) -> str:
         milter = [] if self.milter is None else [
-            f"smtpd_milters = inet:127.0.0.1:{self.milter.port}",
+            f"smtpd_milters = {self.milter.postfix_spec()}",
             "non_smtpd_milters = $smtpd_milters",
             "milter_default_action = tempfail",
         ]
@@ -806,7 +827,7 @@ class PostfixRelay(System):
         run_cmd([POSTCONF, "-c", str(self.conf), "-F", "*/*/chroot = n"])
         log(f"[{self.label}] {POSTFIX} -c {self.conf} start  (smtpd 127.0.0.1:{self.port}, "
             f"relayhost [127.0.0.1]:{self.sink.port}"
-            + (f", milter inet:127.0.0.1:{self.milter.port})" if self.milter else ")"))
+            + (f", milter {self.milter.postfix_spec()})" if self.milter else ")"))
         self.started = True
         run_cmd([POSTFIX, "-c", str(self.conf), "start"], timeout=60)
 
@@ -1150,7 +1171,8 @@ def make_systems(args: argparse.Namespace, workdir: Path) -> list[System]:
                 if missing:
                     raise BenchError(f"postfix-dkim needs {', '.join(missing)} (Debian "
                                      "packages opendkim, opendkim-tools)")
-            systems.append(PostfixRelay(workdir, dkim=name == "postfix-dkim"))
+            systems.append(PostfixRelay(workdir, dkim=name == "postfix-dkim",
+                                        milter_socket=args.milter_socket))
         if not dump:
             systems[-1].sink.dumpfile = None
     return systems
@@ -1437,6 +1459,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default), phigate-wN-nodkim (domains=[]: no key, nothing signed), "
                         "postfix (plain relay), postfix-dkim (Postfix + OpenDKIM milter, "
                         "RSA-2048)")
+    p.add_argument("--milter-socket", choices=("unix", "inet"), default="unix",
+                   help="postfix-dkim: OpenDKIM on a unix socket in the work folder (default, "
+                        "as Debian sets it up) or on a loopback TCP port")
     p.add_argument("--no-sink-dump", action="store_true",
                    help="do not have smtp-sink dump messages (-D); DKIM-Signature fields are "
                         "then not counted")
