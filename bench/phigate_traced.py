@@ -61,7 +61,7 @@ def install() -> None:
     # at the same moment can fail (``database is locked``); this shows how close they are
     from portal import service
 
-    real_open_store = service.open_store
+    real_open_store = service.open_store  # type: ignore[attr-defined]
 
     def timed_open_store(*args: Any, **kwargs: Any) -> Any:
         t0 = time.monotonic()
@@ -71,7 +71,7 @@ def install() -> None:
             os.write(2, f"phigate-timing: pid {os.getpid()} open_store {t0:.6f}.."
                         f"{time.monotonic():.6f}\n".encode())
 
-    service.open_store = timed_open_store
+    service.open_store = timed_open_store  # type: ignore[attr-defined]
 
     real_wait = os.wait
 

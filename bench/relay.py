@@ -1270,6 +1270,7 @@ def report(args: argparse.Namespace, results: list[RunResult],
 
 def campaign(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     gw = Phigate(workdir, args.workers[0], source=args.source)
+    gw.sink.dumpfile = None  # N messages: not kept on disk
     n, size = args.campaign, args.campaign_size
     timeout = args.timeout if args.timeout_set else max(600.0, n / 20)
     last: list[float] = [0.0, 0.0, 0.0, 0.0]
@@ -1415,6 +1416,7 @@ def profile(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     out = args.profile.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     gw = Phigate(workdir, 1, profile=out, source=args.source)
+    gw.sink.dumpfile = None
     size = args.sizes[0]
     try:
         gw.start()
