@@ -21,6 +21,7 @@ import socket
 import ssl
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
     from portal.service import PortalService
 
     from .metrics import MetricsServer
+
+RESTART_SOON = 10.0  # a worker ending sooner than this after its start failed to start
+RESTART_MAX_DELAY = 60.0
 
 LISTENERS = {
     "relay": Listener("relay", require_auth=False, implicit_tls=False),
@@ -362,6 +366,31 @@ def exit_fields(status: int) -> dict[str, Any]:
     return {"process.exit_code": os.waitstatus_to_exitcode(status)}
 
 
+def _create_portal_store(config: Config) -> str | None:
+    """Open (create) a SQLite portal store once, before the workers start and each opens it
+    (on a fresh var folder they would all create it at once): a store that cannot be opened
+    is a start-up error, said once. PostgreSQL is left to the workers: its schema is made
+    under an advisory lock, and the gateway starts while it is down."""
+    from portal.model import StoreError
+    from portal.store import is_postgres_url, open_store
+
+    if is_postgres_url(config.portal.store):
+        return None
+    try:
+        open_store(config.portal.store).close()
+    except StoreError as err:
+        return str(err)
+    return None
+
+
+def _failure_fields(exc: BaseException) -> dict[str, Any]:
+    """What ended a worker, without the exception's text (which may quote message content):
+    its type and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return {"error.type": type(exc).__name__, "error.location": where}
+
+
 def _run_worker(config: Config, config_path: Path, overrides: Sequence[str],
                 sockets: dict[str, socket.socket], cert: Path, key: Path, worker: int) -> None:
     gw = Gateway(config, config_path, overrides, sockets, cert, key, worker=worker)
@@ -386,6 +415,10 @@ def run(config_path: Path, overrides: Sequence[str]) -> int:
         print(str(err), file=sys.stderr)
         return 1
     audit = AuditLog.from_config(config.log)
+    problem = _create_portal_store(config) if config.portal.enabled else None
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
     recovered = Spool(config.paths.spool).recover()
     audit.emit("queue.recovered", {"count": recovered["requeued"], "queue.state": "incoming"})
     if recovered["corrupt"]:
@@ -419,6 +452,9 @@ def _supervise(config: Config, config_path: Path, overrides: Sequence[str],
 
     parent = os.getpid()
 
+    started: dict[int, float] = {}  # worker index -> when it was last started
+    quick_fails: dict[int, int] = {}  # worker index -> failures in a row soon after start
+
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
@@ -428,11 +464,18 @@ def _supervise(config: Config, config_path: Path, overrides: Sequence[str],
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_DFL)
                 _run_worker(config, config_path, overrides, sockets, cert, key, index)
-            except BaseException:
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException as exc:
                 code = 1
+                with contextlib.suppress(Exception):
+                    audit.emit("service.worker_failed", {"process.worker": index,
+                                                         "process.pid": os.getpid(),
+                                                         **_failure_fields(exc)})
             finally:
                 os._exit(code)
         children[pid] = index
+        started[index] = time.monotonic()
 
     def on_term(signum: int, frame: Any) -> None:
         nonlocal stopping
@@ -467,8 +510,15 @@ def _supervise(config: Config, config_path: Path, overrides: Sequence[str],
             continue
         index = children.pop(pid, None)
         if index is not None and not stopping:
+            # a worker that keeps failing soon after it starts (a store it cannot open, a
+            # broken file) is restarted ever more slowly: 0.5 s, 1 s, 2 s ... up to a minute
+            soon = time.monotonic() - started.get(index, 0.0) < RESTART_SOON
+            quick_fails[index] = quick_fails.get(index, 0) + 1 if soon else 0
+            delay = min(RESTART_MAX_DELAY, 0.5 * 2 ** quick_fails[index])
             audit.emit("service.worker_restarted", {"process.worker": index,
-                                                    "process.pid": pid, **exit_fields(status)})
-            time.sleep(0.5)
-            spawn(index)
+                                                    "process.pid": pid, **exit_fields(status),
+                                                    "process.restart_delay": delay})
+            time.sleep(delay)
+            if not stopping:
+                spawn(index)
     return 0

@@ -86,6 +86,8 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "process.worker": (int,),
     "process.exit_code": (int,),
     "process.exit_signal": (str, int),
+    "process.restart_delay": (float,),
+    "error.location": (str,),
     "service.state": (str,),
     "admin.reason": (str,),
     "body.8bit": (bool,),

@@ -16,6 +16,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ class SqliteStore:
             raise StoreError(f"portal store {self.path}: {exc.strerror or exc}") from exc
         with self._errors():
             conn = self._conn()
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            mode = self._wal(conn)
             if mode is None or str(mode[0]).lower() != "wal":
                 raise StoreError(f"portal store {self.path}: cannot switch to WAL mode")
             with self._write() as c:
@@ -187,6 +188,19 @@ class SqliteStore:
         content do not linger in the -wal file. Best effort: a busy reader only delays it
         until the next revoke or purge (the database pages are zeroed either way)."""
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def _wal(self, conn: sqlite3.Connection) -> Any:
+        """Switch the file to WAL. SQLite answers "database is locked" at once, without its
+        busy handler, while another process (a sibling worker) is doing the same on a new
+        file: retry for up to the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     # -- pickups ---------------------------------------------------------------------------
 

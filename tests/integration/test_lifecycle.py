@@ -112,8 +112,28 @@ def test_killed_worker_is_replaced_and_its_end_logged(tmp_path, sink):
         for i in range(6):
             assert _send(gw.relay, f"k{i}@dest.test")[0] == 250
         assert len(sink.wait_for(6)) == 6
+        # a worker that keeps dying soon after its start is restarted ever more slowly
+        os.kill(now[-1], signal.SIGKILL)
+        wait_started(4)
+        os.kill(started()[-1], signal.SIGKILL)
+        wait_started(5)
+        delays = [e["process.restart_delay"] for e in gw.events()
+                  if e["event.action"] == "service.worker_restarted"]
+        assert len(delays) == 3 and delays[0] < delays[1] < delays[2], delays
     finally:
         assert gw.stop() == 0
+
+
+def test_a_worker_failure_is_named_without_its_text() -> None:
+    from gateway.app import _failure_fields
+
+    try:
+        raise ValueError("Subject: Testpatient Quux")  # an exception may quote content
+    except ValueError as exc:
+        fields = _failure_fields(exc)
+    assert fields["error.type"] == "ValueError"
+    assert fields["error.location"].startswith("test_lifecycle.py:")
+    assert "Quux" not in str(fields)
 
 
 def test_bad_config_refuses_to_start(tmp_path):

@@ -7,7 +7,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -497,3 +497,38 @@ def test_postgres_store_error_names_no_values(pg_dsn: str) -> None:  # noqa: F81
     assert "pickup-id-xyz" not in str(err.value)
     assert "someone.unique" not in str(err.value)
     s.close()
+
+
+
+class _LockedAtFirst:
+    """A real connection whose first ``times`` journal-mode switches answer "database is
+    locked" at once, as SQLite does (without its busy handler) while a sibling process
+    switches the same new file to WAL."""
+
+    def __init__(self, conn: Any, times: int) -> None:
+        self.conn, self.left = conn, times
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if "journal_mode" in sql and self.left > 0:
+            self.left -= 1
+            import sqlite3
+
+            raise sqlite3.OperationalError("database is locked")
+        return self.conn.execute(sql, *args)
+
+
+def test_sqlite_wal_switch_retries_while_a_sibling_holds_the_new_file(tmp_path: Path) -> None:
+    """Gateway workers start together on a fresh var folder; each must still open the store."""
+    import sqlite3
+
+    store = SqliteStore(tmp_path / "portal.db")
+    try:
+        conn = sqlite3.connect(tmp_path / "other.db")
+        mode = store._wal(_LockedAtFirst(conn, 3))  # type: ignore[arg-type]
+        assert mode is not None and mode[0] == "wal"
+        conn.close()
+        store._busy_timeout = 0.0  # past the busy timeout the error is the caller's
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store._wal(_LockedAtFirst(sqlite3.connect(tmp_path / "third.db"), 1))  # type: ignore[arg-type]
+    finally:
+        store.close()
