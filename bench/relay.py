@@ -45,10 +45,9 @@ the messages carrying a DKIM-Signature field and has OpenDKIM (test mode, ``open
 verify the first one against the system's public key, so a baseline that silently stopped
 signing shows as such.
 
-phigate runs through bench/phigate_traced.py (its CLI, plus a record on stderr, in the work
-folder's ``gateway.out``, of any worker process that ends: the exception and traceback, or
-the wait status its supervisor got); records from before the bench stopped the gateway are
-printed after the table.
+Worker processes that ended during a run (the gateway's own ``service.worker_failed`` and
+``service.worker_restarted`` events: error type and place, exit code or signal) are printed
+after the table.
 
 ``--campaign N`` sends N messages of ``--campaign-size`` bytes through phigate alone and prints,
 every ``--interval`` seconds, messages sunk so far and the rate, the gateway's memory (VmRSS
@@ -100,7 +99,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 PHIGATE = ROOT / ".venv" / "bin" / "phigate"
-TRACED = Path(__file__).resolve().parent / "phigate_traced.py"
 OPENDKIM = "/usr/sbin/opendkim"
 OPENDKIM_GENKEY = "/usr/sbin/opendkim-genkey"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -539,10 +537,8 @@ class Phigate(System):
         if self.profile is not None:
             head = [str(VENV_PY), "-m", "cProfile", "-o", str(self.profile), "-m", "gateway.cli"]
         else:
-            # phigate's own CLI, wrapped to log why a worker process ended (gateway/app.py's
-            # supervisor only logs service.worker_restarted with the pid); it imports the
-            # gateway package from the cwd: the working tree or a --rev source tree
-            head = [str(VENV_PY), str(TRACED)]
+            # phigate's CLI from the cwd's gateway package: the working tree or a --rev tree
+            head = [str(VENV_PY), "-m", "gateway.cli"]
         cmd = [*head, "run", "--config", "conf/gateway.yaml"]
         for s in sets:
             cmd += ["--set", s]
@@ -625,19 +621,19 @@ class Phigate(System):
         return out
 
     def worker_exits(self) -> list[str]:
-        """What bench/phigate_traced.py logged about workers that ended (with tracebacks), and
-        fatal-error dumps, before the bench stopped the gateway."""
-        try:
-            raw = (self.var / "gateway.out").read_bytes()
-        except FileNotFoundError:
-            return []
-        text = raw[:self.out_at_stop].decode(errors="replace")
-        text = "".join(ln for ln in text.splitlines(keepends=True)
-                       if not ln.startswith("phigate-timing: "))
+        """The gateway's events about worker processes that failed or were restarted (error
+        type and place, exit code or signal), and fatal-error dumps in its output."""
         out: list[str] = []
-        for block in re.split(r"(?m)^(?=phigate-trace )", text):
-            if block.startswith("phigate-trace ") or "Fatal Python error" in block:
-                out.append(block.rstrip())
+        with contextlib.suppress(FileNotFoundError), open(self.audit_file, "rb") as f:
+            for line in f:
+                if b"service.worker_" in line:
+                    ev = json.loads(line)
+                    out.append(" ".join(f"{k}={v}" for k, v in ev.items()
+                                        if not k.startswith("log.")))
+        with contextlib.suppress(FileNotFoundError):
+            text = (self.var / "gateway.out").read_bytes()[:self.out_at_stop]
+            out += [b.decode(errors="replace").rstrip() for b in re.split(
+                rb"(?m)^(?=Fatal Python error)", text) if b.startswith(b"Fatal Python error")]
         return out
 
 
@@ -1179,7 +1175,7 @@ def make_systems(args: argparse.Namespace, workdir: Path) -> list[System]:
 
 
 def show_worker_exits(gw: Phigate) -> None:
-    """Workers that ended while the gateway ran (bench/phigate_traced.py's records)."""
+    """Workers that ended while the gateway ran (the gateway's own events)."""
     exits = gw.worker_exits()
     if exits:
         print(f"\n{gw.label}: {len(exits)} record(s) of worker processes ending during the "
