@@ -23,6 +23,20 @@ def limiter(tmp_path: Path, url: str, *sets: str, clock: Clock | None = None,
     return RateLimiter(cfg, audit, clock or Clock())
 
 
+def count_calls(backends: tuple[RedisBackend, ...], script: str) -> dict[str, int]:
+    """Count the calls of one Lua script (``_take``, ``_record``) over several backends."""
+    calls = {"n": 0}
+    for be in backends:
+        real = getattr(be, script)
+
+        async def counted(*args: object, _s: object = real, **kw: object) -> object:
+            calls["n"] += 1
+            return await _s(*args, **kw)  # type: ignore[operator]
+
+        setattr(be, script, counted)
+    return calls
+
+
 async def test_two_limiters_share_one_limit(tmp_path: Path, redis_server: RedisServer) -> None:
     clock = Clock()
     a = limiter(tmp_path, redis_server.url, STAFF, clock=clock, name="a")
@@ -99,15 +113,7 @@ async def test_leased_tokens_shared_by_two_processes(redis_server: RedisServer) 
 
     a = RedisBackend(redis_server.url, 1.0)
     b = RedisBackend(redis_server.url, 1.0)
-    calls = {"n": 0}
-    for be in (a, b):
-        script = be._take
-
-        async def counted(*args: object, _s: object = script, **kw: object) -> object:
-            calls["n"] += 1
-            return await _s(*args, **kw)  # type: ignore[operator]
-
-        be._take = counted  # type: ignore[assignment]
+    calls = count_calls((a, b), "_take")
     busy = Bucket("sender:x:messages:second", 100.0, 100.0, 1.0, 2)
     slow = Bucket("sender:x:messages:day", 1000.0, 1000.0 / 86400, 1.0, 86401)
     for _ in range(10):  # learn the demand: nothing leased yet
@@ -142,15 +148,7 @@ async def test_anomaly_counts_batched_yet_exact(redis_server: RedisServer) -> No
 
     a = RedisBackend(redis_server.url, 1.0)
     b = RedisBackend(redis_server.url, 1.0)
-    calls = {"n": 0}
-    for be in (a, b):
-        script = be._record
-
-        async def counted(*args: object, _s: object = script, **kw: object) -> object:
-            calls["n"] += 1
-            return await _s(*args, **kw)  # type: ignore[operator]
-
-        be._record = counted  # type: ignore[assignment]
+    calls = count_calls((a, b), "_record")
     t = MONDAY + 9 * 3600
     hour = hour_of(t)
     seen = []
