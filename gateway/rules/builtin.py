@@ -212,9 +212,20 @@ _AFTER_NOT_PATIENT_NEAR = re.compile(
 _WROTE_AFTER_I = re.compile(_WROTE_AFTER.pattern, re.I)
 
 
+_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def _after_not_patient(after: str) -> bool:
     """``_AFTER_NOT_PATIENT.match(after)``."""
-    if _AFTER_NOT_PATIENT_NEAR.match(after) is not None:
+    # what the first characters must be for a credential (an upper-case letter after blanks
+    # and a comma), an e-mail address ('<', '[mailto:') or a job title (after a comma, a line
+    # break or a dash) to follow
+    first = after[:1]
+    rest = after.lstrip(" \t")
+    c = rest[:1]
+    if (c in _UPPER or c in ("<", "[", "\r", "\n", ",")
+            or (c in ("-", "|") and first in (" ", "\t"))) and (
+            _AFTER_NOT_PATIENT_NEAR.match(after) is not None):
         return True
     return "wrote:" in after[:86].lower() and _WROTE_AFTER_I.match(after) is not None
 
@@ -279,13 +290,22 @@ def _name_flags() -> dict[str, int]:
     return flags
 
 
+_FLAGS: dict[str, int] = {}  # _name_flags(), without a cached call per candidate
+
+
+def _flags() -> dict[str, int]:
+    if not _FLAGS:
+        _FLAGS.update(_name_flags())
+    return _FLAGS
+
+
 def _may_be_name(text: str) -> bool:
     """A title, or two words from the name lists: cheap set operations, no tokenising."""
-    spaced = text.replace(",", " ").replace("'s", " ").replace("'S", " ").replace(".", " ")
-    if "|" in spaced:  # cells of a pipe-delimited table
-        spaced = spaced.replace("|", " ")
-    words = spaced.split()
-    return not _TITLE_WORDS.isdisjoint(words) or len(_name_flags().keys() & words) >= 2
+    if "'" in text:  # a possessive: "Mark's labs"
+        text = text.replace("'s", " ").replace("'S", " ")
+    # (a comma or a period between words, cells of a pipe-delimited table)
+    words = text.replace(",", " ").replace(".", " ").replace("|", " ").split()
+    return not _TITLE_WORDS.isdisjoint(words) or len((_FLAGS or _flags()).keys() & words) >= 2
 
 
 def _signature(before: str) -> bool:
@@ -304,7 +324,7 @@ def _name_span(text: str, prefiltered: bool = False) -> tuple[int, int] | None:
     is known to be true."""
     if not prefiltered and not _may_be_name(text):
         return None  # the common case, decided without tokenising
-    flags = _name_flags()
+    flags = _FLAGS or _flags()
     toks = _tokens(text)
     bits = [flags.get(w, 0) for w, _ in toks]
     n = len(toks)

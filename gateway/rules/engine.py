@@ -680,36 +680,31 @@ class Engine:
         plans = self._plans
         n = len(data)
         single = len(chunks) == 1
+        # does a column or row label hold one of a detector's words (memoised per message:
+        # the cells of a column share their labels)?
         matched: dict[tuple[re.Pattern[str], tuple[str, ...]], bool] = {}
-
-        def label_ok(words: re.Pattern[str], labels: tuple[str, ...]) -> bool:
-            """Does a column or row label hold one of ``words`` (memoised per message: the
-            cells of a column share their labels)?"""
-            if not labels:
-                return False
-            key = (words, labels)
-            got = matched.get(key)
-            if got is None:
-                got = matched[key] = _labelled(words, labels)
-            return got
 
         where0, kind0 = chunks[0].where, chunks[0].kind
         labels_at = tables._at  # labels by position, memoised (tables.labels fills it)
         present_answers = present._answers
+        new_hit = tuple.__new__  # Hit(...) without the named tuple's Python-level __new__
         for spec_i, start, ends in candidates:
             plan = plans[spec_i]
             longest = max(ends) if len(ends) > 1 else ends[0]
             if plan.plain:
                 if single:
-                    append(Hit(plan.id, plan.type, plan.category, where0, start, longest,
-                               plan.score, plan.strong,
-                               data[start:longest].decode("utf-8", "replace"), kind0))
+                    append(new_hit(Hit, (plan.id, plan.type, plan.category, where0, start, longest,
+                                           plan.score, plan.strong,
+                                           data[start:longest].decode("utf-8", "replace"),
+                                           kind0)))
                 else:
                     ci = bisect.bisect_right(starts, start) - 1
                     base = starts[ci]
-                    append(Hit(plan.id, plan.type, plan.category, chunks[ci].where,
-                               start - base, longest - base, plan.score, plan.strong,
-                               data[start:longest].decode("utf-8", "replace"), chunks[ci].kind))
+                    append(new_hit(Hit, (plan.id, plan.type, plan.category, chunks[ci].where,
+                                           start - base, longest - base, plan.score,
+                                           plan.strong,
+                                           data[start:longest].decode("utf-8", "replace"),
+                                           chunks[ci].kind)))
                 continue
             (_, sid, stype, scat, sscore, sstrong, nameish, ctx_ids, window, required,
              col_words, col_first, excl_ids, excl_window, validator, shared, patient_cols,
@@ -783,16 +778,27 @@ class Engine:
                     continue
                 end = found
             if single:
-                hit = Hit(sid, stype, scat, where0, start, end, sscore, sstrong,
-                          data[start:end].decode("utf-8", "replace"), kind0)
+                hit = new_hit(Hit, (sid, stype, scat, where0, start, end, sscore, sstrong,
+                                    data[start:end].decode("utf-8", "replace"), kind0))
             else:
                 ci = bisect.bisect_right(starts, start) - 1
                 base = starts[ci]
-                hit = Hit(sid, stype, scat, chunks[ci].where, start - base, end - base, sscore,
-                          sstrong, data[start:end].decode("utf-8", "replace"), chunks[ci].kind)
-            if patient_cols is not None and label_ok(patient_cols, tables.labels(start)):
-                hit = hit._replace(category=PERSON)
-            elif is_name:
+                hit = new_hit(Hit, (sid, stype, scat, chunks[ci].where, start - base, end - base,
+                                    sscore, sstrong, data[start:end].decode("utf-8", "replace"),
+                                    chunks[ci].kind))
+            if patient_cols is not None:
+                labels = labels_at.get(start)
+                if labels is None:
+                    labels = tables.labels(start)
+                if labels:
+                    mkey = (patient_cols, labels)
+                    got = matched.get(mkey)
+                    if got is None:
+                        got = matched[mkey] = _labelled(patient_cols, labels)
+                    if got:
+                        append(hit._replace(category=PERSON))
+                        continue
+            if is_name:
                 if correspondents is None:
                     correspondents = _correspondents(headers)
                 if correspondents:
