@@ -535,7 +535,7 @@ def zip_code(text: str) -> bool:
 
 @functools.cache
 def validators() -> dict[str, Callable[[str], bool]]:
-    from . import places, safe_harbor  # noqa: PLC0415 (they import this module's name lists)
+    from . import places, safe_harbor  # imported here: they use this module's name lists
 
     return {
         "icd10": icd10, "phone_number": phone_number, "person_name": person_name,
@@ -561,6 +561,6 @@ WORDLISTS: dict[str, Callable[[], Sequence[str]]] = {
 EXTRA_VALIDATORS = ("icd10", "phone_number", "person_name", "person_name_strict", "zip_code",
                     "patient_name", "person_mention", "addressee", "name_with_birth_date",
                     "name_with_record_number", "lab_value", "icd10_code", "own_reference",
-                    "us_place", "city_state_zip", "encounter_date", "age_over_89",
-                    "hyphenated_name", "hyphenated_patient", "nickname", "labelled_code",
-                    "vehicle_plate", "patient_record_url", "personal_url")
+                    "us_place", "county_name_before", "city_state_zip", "encounter_date",
+                    "age_over_89", "hyphenated_name", "hyphenated_patient", "nickname",
+                    "labelled_code", "vehicle_plate", "patient_record_url", "personal_url")
