@@ -345,3 +345,116 @@ def test_decision_rules():
     assert decide(letter).reasons == ("addressee_with_own_health",)
     assert not decide([*letter, _hit(CONTEXT, "bulk_mail", 900)]).phi
     assert not decide([_hit(CLINICAL, "diagnosis", 0), _hit("provider", "npi", 10)]).phi
+
+
+# --------------------------------------------------------------------------- Safe Harbor in notes
+# Each detector below is phrased independently of any benchmark's notes (synthetic values).
+
+def _found(engine, text: str, detector: str) -> list[str]:
+    return [h.value.strip().rstrip(".") for h in _analyse(engine, text).hits
+            if h.detector == detector]
+
+
+@pytest.mark.parametrize("text,detector,value", [
+    ("Pt was admitted 02/07/2025 with cellulitis.", "encounter-date", "02/07/2025"),
+    ("She was seen on the twenty-first of May in clinic.", "encounter-date",
+     "the twenty-first of May"),
+    ("discharged home on Jan. 9th, 2025", "encounter-date", "Jan. 9th, 2025"),
+    ("DOS: 2025-01-09, CPT 99213", "encounter-date", "2025-01-09"),
+    ("underwent lap chole 4/2/2024", "encounter-date", "4/2/2024"),
+    ("a 96-year-old man with CHF", "age-over-89", "96-year-old"),
+    ("Age: 102", "age-over-89", "Age: 102"),
+    ("participant ID PX-40117 withdrew", "participant-code", "participant ID PX-40117"),
+    ("parked his truck, plate 4KLM227, in bay 3", "vehicle-plate", "plate 4KLM227"),
+    ("fingerprint template FT-20931 on file", "biometric-id", "fingerprint template FT-20931"),
+    ("clinical photo saved as rle_wound_0412.png", "photo-file", "rle_wound_0412.png"),
+    ("labs at https://ehr.example.org/patients/55321/labs", "url-patient-record",
+     "https://ehr.example.org/patients/55321"),
+    ("the glucose monitor syncs to https://sync.example.com/u/kroe", "url-personal",
+     "https://sync.example.com/u/kroe"),
+    ("her member ID is ZXQ-55-10293", "member-id", "member ID is ZXQ-55-10293"),
+    ("Device: home glucose monitor, serial GX-118-4420K", "device-serial",
+     "serial GX-118-4420K"),
+    ("The patient lives in Stanislaus County.", "county", "County"),
+    ("pt relocated to Modesto last year", "place-of-residence", "relocated to Modesto"),
+    ("The patient is from the city of Turlock.", "city-of", "city of Turlock"),
+    ("1 Oak Ave, Modesto, CA 95354", "city-state-zip", "Modesto, CA 95354"),
+    ("patient's ZIP code on file is 95354", "zip-phrase", "ZIP code on file is 95354"),
+    ("Handoff: Priya Castellano-Nunez was seen today.", "hyphenated-name",
+     "Priya Castellano-Nunez"),
+    ("Referral for patient Moreno-Castillo re: knee", "patient-hyphenated",
+     "patient Moreno-Castillo"),
+    ("Pt prefers to be called \"Bitsy\" by staff", "nickname", "prefers to be called \"Bitsy"),
+])
+def test_safe_harbor_detectors_find_values_in_notes(engine, text, detector, value):
+    assert any(value in found for found in _found(engine, text, detector))
+
+
+@pytest.mark.parametrize("text,detector", [
+    ("Budget review moved to 02/07/2025.", "encounter-date"),
+    ("We admitted 3 new vendors; meeting 02/07/2025", "encounter-date"),
+    ("patients aged 90 and over: 14%", "age-over-89"),
+    ("ages 90-99 made up 3% of the registry", "age-over-89"),
+    ("a 67-year-old woman", "age-over-89"),
+    ("trial registry NCT number in the subject line", "participant-code"),
+    ("culture plate 5A1234 read at 48 h", "vehicle-plate"),
+    ("staff photo: picnic_2025.jpg", "photo-file"),
+    ("Log in to the patient portal at https://portal.example.org/login", "url-patient-record"),
+    ("patient education: https://example.org/patient-education/asthma", "url-patient-record"),
+    ("patient portal: https://portal.example.org/u/", "url-personal"),
+    ("Stanislaus County fair opens Friday", "county"),
+    ("The patient was referred to City of Hope", "city-of"),
+    ("the patient lives at Sunrise Senior Living", "place-of-residence"),
+    ("Springfieldia, NY 10001", "city-state-zip"),
+    ("Dr. Priya Castellano-Nunez will present", "hyphenated-name"),
+    ("Thanks,\nPriya Castellano-Nunez", "hyphenated-name"),
+    ("Priya Castellano-Nunez, MD", "hyphenated-name"),
+    ("Please Follow-Up with the vendor", "hyphenated-name"),
+    ("patient Follow-Up clinic", "patient-hyphenated"),
+    ("Patient Check-In desk", "patient-hyphenated"),
+    ("our new intern goes by Bud", "nickname"),
+])
+def test_safe_harbor_detectors_ignore_near_misses(engine, text, detector):
+    assert _found(engine, text, detector) == []
+
+
+NOTES_PHI = {
+    "hyphenated name with an encounter date": """Progress note: Priya Castellano-Nunez was seen
+on 02/07/2025. Call back at the number on file.""",
+    "labelled hyphenated surname and the same name unhyphenated": """Consult requested for
+patient Moreno-Castillo, listed as Moreno Castillo on the old intake form.""",
+    "age over 89 with a diagnosis": """The patient is a 93-year-old man presenting with
+syncope and atrial fibrillation.""",
+    "nickname next to a participant code": """Subject ID KT-0932 is enrolled. The patient
+prefers to be called 'Bitsy' at visits.""",
+    "link to one patient's record": """Results are posted at
+https://ehr.example.org/patients/55321/labs for review.""",
+    "plan member id after 'is'": "The health plan member ID is ZXQ-55-10293.",
+}
+
+NOTES_NOT_PHI = {
+    "population figures with an age band": """Registry update: patients aged 90 and over are 4%
+of admissions; 1,204 were discharged 01/02/2025 through 03/31/2025 after pneumonia.""",
+    "facilities notice with a plate": """Facilities: the car with plate 7ABC123 parked in the
+north lot will be towed Friday. Questions to Sam Ruiz-Hale, Facilities Manager.""",
+    "staff photo for the newsletter": """Newsletter: please send Maria Castellano-Nunez your team
+photo (team_photo.jpg) by Friday.""",
+    "vendor address in a signature": """Thanks,
+Jordan Ellis
+Account Manager, Valley Supply
+120 Main St, Modesto, CA 95354""",
+    "conference in a county": """The Stanislaus County health fair is on 05/03/2025. Our
+patients can get flu shots there.""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOTES_PHI))
+def test_note_phrasings_are_phi(engine, name):
+    a = _analyse(engine, NOTES_PHI[name])
+    assert a.phi, (name, [(h.detector, h.category) for h in a.hits])
+
+
+@pytest.mark.parametrize("name", sorted(NOTES_NOT_PHI))
+def test_note_like_near_misses_are_not_phi(engine, name):
+    a = _analyse(engine, NOTES_NOT_PHI[name])
+    assert not a.phi, (name, a.reasons, [(h.detector, h.category) for h in a.hits])
