@@ -317,6 +317,24 @@ def _signature(before: str) -> bool:
     return _VALEDICTION.fullmatch(prev[prev.rfind("\n") + 1:].strip()) is not None
 
 
+def _token_lists(text: str) -> tuple[list[str], list[int]]:
+    """``_tokens`` as two lists, words and offsets."""
+    ws: list[str] = []
+    offs: list[int] = []
+    find = text.find
+    pos = 0
+    for w in _WORD.findall(text):
+        off = find(w, pos)
+        pos = off + len(w)
+        if len(w) > 2:
+            w = w.rstrip(".")
+            if w.endswith(("'s", "'S")):
+                w = w[:-2]
+        ws.append(w)
+        offs.append(off)
+    return ws, offs
+
+
 def _name_span(text: str, prefiltered: bool = False) -> tuple[int, int] | None:
     """Where in ``text`` a person's name lies: 'Roe, Jane M.', 'Jane M. Roe', 'JANE ROE',
     'Ms. Jane Roe', 'Mr Roe'. Words around it that are not part of the name are allowed
@@ -324,29 +342,30 @@ def _name_span(text: str, prefiltered: bool = False) -> tuple[int, int] | None:
     is known to be true."""
     if not prefiltered and not _may_be_name(text):
         return None  # the common case, decided without tokenising
-    flags = _FLAGS or _flags()
-    toks = _tokens(text)
-    bits = [flags.get(w, 0) for w, _ in toks]
-    n = len(toks)
-    # a title and a name-like word
-    for i in range(n - 1):
-        if toks[i][0].rstrip(".") in _TITLE_WORDS:
-            nxt = _cap(toks[i + 1][0])
-            if len(nxt) > 1 and nxt not in NOT_NAMES:
-                last = i + 2 if i + 2 < n and bits[i + 2] & _LAST else i + 1
-                return toks[i][1], toks[last][1] + len(toks[last][0])
+    get = (_FLAGS or _flags()).get
+    ws, offs = _token_lists(text)
+    bits = [get(w, 0) for w in ws]
+    n = len(ws)
+    # a title and a name-like word (a word keeps a final '.' only when it is one letter)
+    if not _TITLE_WORDS.isdisjoint(ws):
+        for i in range(n - 1):
+            if ws[i].rstrip(".") in _TITLE_WORDS:
+                nxt = _cap(ws[i + 1])
+                if len(nxt) > 1 and nxt not in NOT_NAMES:
+                    last = i + 2 if i + 2 < n and bits[i + 2] & _LAST else i + 1
+                    return offs[i], offs[last] + len(ws[last])
     if n < 2:
         return None
     # "Last, First [M.]" (or "Last<tab>First", "Last | First" in a table)
     for i in range(n - 1):
         if bits[i] & _LAST and bits[i + 1] & _FIRST:
-            off = toks[i][1]
-            end = off + len(toks[i][0])
+            off = offs[i]
+            end = off + len(ws[i])
             if text[end:end + 1] in (",", "\t") or text[end:].lstrip(" \t")[:1] == "|":
                 j = i + 1
-                if j + 1 < n and len(toks[j + 1][0].rstrip(".")) == 1:
+                if j + 1 < n and len(ws[j + 1].rstrip(".")) == 1:
                     j += 1
-                return off, toks[j][1] + len(toks[j][0])
+                return off, offs[j] + len(ws[j])
     # "First [Middle | M.] Last"
     for i in range(n):
         if not bits[i] & _FIRST:
@@ -354,12 +373,12 @@ def _name_span(text: str, prefiltered: bool = False) -> tuple[int, int] | None:
         for j in (i + 2, i + 1):
             if j >= n or not bits[j] & _LAST:
                 continue
-            if j == i + 2 and not (len(toks[i + 1][0].rstrip(".")) == 1 or bits[i + 1]):
+            if j == i + 2 and not (len(ws[i + 1].rstrip(".")) == 1 or bits[i + 1]):
                 continue
-            between = text[toks[i][1]:toks[j][1]]
+            between = text[offs[i]:offs[j]]
             if "," in between or "\n" in between:
                 continue
-            return toks[i][1], toks[j][1] + len(toks[j][0])
+            return offs[i], offs[j] + len(ws[j])
     return None
 
 
@@ -535,8 +554,6 @@ def zip_code(text: str) -> bool:
 
 @functools.cache
 def validators() -> dict[str, Callable[[str], bool]]:
-    from . import places, safe_harbor  # imported here: they use this module's name lists
-
     return {
         "icd10": icd10, "phone_number": phone_number, "person_name": person_name,
         "person_name_strict": person_name_strict, "zip_code": zip_code,
@@ -549,8 +566,6 @@ def validators() -> dict[str, Callable[[str], bool]]:
         "lab_value": ContextualValidator(_lab_value, before=0, after=30),
         "icd10_code": ContextualValidator(_icd10_in_text, before=12, after=2),
         "own_reference": ContextualValidator(_own_reference, before=0, after=24),
-        **places.validators(),  # cities and counties in patient context
-        **safe_harbor.validators(),  # encounter dates, ages over 89, hyphenated names, ...
     }
 
 
@@ -560,7 +575,4 @@ WORDLISTS: dict[str, Callable[[], Sequence[str]]] = {
 }
 EXTRA_VALIDATORS = ("icd10", "phone_number", "person_name", "person_name_strict", "zip_code",
                     "patient_name", "person_mention", "addressee", "name_with_birth_date",
-                    "name_with_record_number", "lab_value", "icd10_code", "own_reference",
-                    "us_place", "county_name_before", "city_state_zip", "encounter_date",
-                    "age_over_89", "hyphenated_name", "hyphenated_patient", "nickname",
-                    "labelled_code", "vehicle_plate", "patient_record_url", "personal_url")
+                    "name_with_record_number", "lab_value", "icd10_code", "own_reference")
