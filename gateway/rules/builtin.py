@@ -554,6 +554,8 @@ def zip_code(text: str) -> bool:
 
 @functools.cache
 def validators() -> dict[str, Callable[[str], bool]]:
+    from . import places, safe_harbor  # imported here: they use this module's name lists
+
     return {
         "icd10": icd10, "phone_number": phone_number, "person_name": person_name,
         "person_name_strict": person_name_strict, "zip_code": zip_code,
@@ -566,6 +568,8 @@ def validators() -> dict[str, Callable[[str], bool]]:
         "lab_value": ContextualValidator(_lab_value, before=0, after=30),
         "icd10_code": ContextualValidator(_icd10_in_text, before=12, after=2),
         "own_reference": ContextualValidator(_own_reference, before=0, after=24),
+        **places.validators(),  # cities and counties in patient context
+        **safe_harbor.validators(),  # encounter dates, ages over 89, hyphenated names, ...
     }
 
 
@@ -575,4 +579,7 @@ WORDLISTS: dict[str, Callable[[], Sequence[str]]] = {
 }
 EXTRA_VALIDATORS = ("icd10", "phone_number", "person_name", "person_name_strict", "zip_code",
                     "patient_name", "person_mention", "addressee", "name_with_birth_date",
-                    "name_with_record_number", "lab_value", "icd10_code", "own_reference")
+                    "name_with_record_number", "lab_value", "icd10_code", "own_reference",
+                    "us_place", "county_name_before", "city_state_zip", "encounter_date",
+                    "age_over_89", "hyphenated_name", "hyphenated_patient", "nickname",
+                    "labelled_code", "vehicle_plate", "patient_record_url", "personal_url")
