@@ -577,9 +577,3 @@ WORDLISTS: dict[str, Callable[[], Sequence[str]]] = {
     "drugs": wordlists.drug_names,
     "conditions": wordlists.condition_terms,
 }
-EXTRA_VALIDATORS = ("icd10", "phone_number", "person_name", "person_name_strict", "zip_code",
-                    "patient_name", "person_mention", "addressee", "name_with_birth_date",
-                    "name_with_record_number", "lab_value", "icd10_code", "own_reference",
-                    "us_place", "county_name_before", "city_state_zip", "encounter_date",
-                    "age_over_89", "hyphenated_name", "hyphenated_patient", "nickname",
-                    "labelled_code", "vehicle_plate", "patient_record_url", "personal_url")

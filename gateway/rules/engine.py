@@ -738,6 +738,7 @@ class Engine:
             if validator is None:
                 end = longest
             else:
+                assert check is not None  # taken apart from the validator
                 # name patterns match whole runs of capitalised words and their validators
                 # look inside the run: a shorter run would only cut a name (and its
                 # credential) short

@@ -18,7 +18,7 @@ from typing import Any
 from ..config import ConfigError, _load_with_lines, _size
 from ..model import ACTIONS
 from ..passphrase import as_secure
-from .builtin import EXTRA_VALIDATORS
+from .builtin import validators as builtin_validators
 from .engine import CATEGORIES, Chunk, DetectorSpec, Engine, RuleCompileError
 from .validators import VALIDATORS
 
@@ -323,7 +323,7 @@ def _detector(d: Any, path: str, at: Callable[[str], str], probs: _Problems,
         return None
     validate = d.get("validate")
     if validate is not None and validate not in VALIDATORS and validate not in (
-            EXTRA_VALIDATORS):
+            builtin_validators()):
         probs.add(at(f"{path}.validate"), f"detector '{did}': unknown validator '{validate}'")
         return None
     ex = d.get("examples") or {}
