@@ -29,7 +29,11 @@ Decision (per message, ``decide``), one reason per rule:
 - ``addressee_with_own_health``: a message to a named person ("Dear Mr. Roe") that speaks of
   "your" condition, drug or result, unless it is bulk mail (an unsubscribe footer);
 - ``health_with_identifier_in_patient_context``: health information beside an identifier and
-  patient words.
+  patient words;
+- ``identifier_in_patient_context``: an identifier (a plate, an encounter date, an account, a
+  device serial) within ``IDENTIFIER_NEAR`` bytes of patient words ("the patient's car, plate
+  ...", "admitted 04/12/2025"): it is the patient's. Links and IPs, which are only found
+  beside patient words, and contact details do not count by themselves.
 
 Contact details (phone, e-mail, street address) identify a person but say nothing about
 health: with a name alone they are a business card, not PHI. Provider identifiers (NPI, DEA)
@@ -72,6 +76,8 @@ _NAMEISH = (PERSON, NAME)
 
 # How far apart (bytes, same part of the message) a mention and what it is tied to may be.
 NEAR = 400
+IDENTIFIER_NEAR = 120  # an identifier this close to patient words is the patient's
+_NEEDS_PATIENT_WORDS = frozenset({"url", "ip"})  # found only beside patient words
 # Health information near a mentioned name must weigh this much (detector scores): a drug name
 # alone (0.5) could be a product ("insulin pen needles"); a diagnosis, a lab result, a dose or
 # two drug names are about someone's health.
@@ -987,6 +993,11 @@ def decide(hits: Sequence[Hit]) -> Analysis:
         reasons.append("addressee_with_own_health")
     if clinical and identifiers and (context or patients or names):
         reasons.append("health_with_identifier_in_patient_context")
+    if identifiers and context and "health_with_identifier_in_patient_context" not in reasons:
+        near_context = _Nearby(context)
+        if any(near_context.has(h, IDENTIFIER_NEAR) for h in identifiers
+               if h.type not in _NEEDS_PATIENT_WORDS):
+            reasons.append("identifier_in_patient_context")
     if "addressee_with_own_health" in reasons:
         # the person the message is written to is the patient: their name is PHI too
         hits = [h._replace(type="name", category=NAME) if h.type == ADDRESSEE else h

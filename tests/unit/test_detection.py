@@ -345,6 +345,13 @@ def test_decision_rules():
     assert decide(letter).reasons == ("addressee_with_own_health",)
     assert not decide([*letter, _hit(CONTEXT, "bulk_mail", 900)]).phi
     assert not decide([_hit(CLINICAL, "diagnosis", 0), _hit("provider", "npi", 10)]).phi
+    # an identifier right beside patient words is the patient's; further off it is not, and a
+    # link or an IP (found only beside patient words) does not count by itself
+    assert decide([_hit(CONTEXT, "patient_context", 0), _hit(IDENTIFIER, "vehicle", 30)]
+                  ).reasons == ("identifier_in_patient_context",)
+    assert not decide([_hit(CONTEXT, "patient_context", 0), _hit(IDENTIFIER, "vehicle", 600)]).phi
+    assert not decide([_hit(CONTEXT, "patient_context", 0), _hit(IDENTIFIER, "url", 30)]).phi
+    assert not decide([_hit(CONTEXT, "patient_context", 0), _hit("contact", "phone", 30)]).phi
 
 
 # --------------------------------------------------------------------------- Safe Harbor in notes
@@ -430,6 +437,10 @@ prefers to be called 'Bitsy' at visits.""",
     "link to one patient's record": """Results are posted at
 https://ehr.example.org/patients/55321/labs for review.""",
     "plan member id after 'is'": "The health plan member ID is ZXQ-55-10293.",
+    "a patient's vehicle identifiers": """The patient drove himself in; his car, plate 5TRW884,
+is in visitor parking.""",
+    "an encounter timeline": """Course: admitted 04/12/2025, taken to theatre 04/13/2025, and
+discharged home 04/16/2025.""",
 }
 
 NOTES_NOT_PHI = {
@@ -445,6 +456,8 @@ Account Manager, Valley Supply
 120 Main St, Modesto, CA 95354""",
     "conference in a county": """The Stanislaus County health fair is on 05/03/2025. Our
 patients can get flu shots there.""",
+    "patients told where to call and park": """Patients can call (555) 201-3344 to book, and
+park in the garage at 400 Oak Street, Springfield, IL 62701.""",
 }
 
 
