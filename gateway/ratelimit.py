@@ -37,7 +37,8 @@ worker then spends locally for up to a second; the sender's flags read with them
 for as long. Every leased token was taken from Redis, so the workers together never take more
 than a bucket holds; but a lease not spent within its second is lost (a busy bucket runs short
 by at most one lease per worker per second) and a worker may spend a token up to a second after
-it left Redis (a window can see at most one lease per worker more). A bucket that refills by
+it left Redis (a window can see at most one lease per worker more). Sessions of one worker that
+run out together wait for one refill rather than each asking Redis. A bucket that refills by
 fewer than 10 tokens a second (e.g. 500 per minute or less) is never leased and stays exact, as
 is every bucket a worker did not use in the previous second. A hold set by another worker is seen
 here up to a second late; one set or cleared by this worker at once.
@@ -481,6 +482,7 @@ class RedisBackend:
         self._demand: dict[str, list[float]] = {}  # bucket key -> [takes, since, last period]
         self._flag_cache: dict[str, tuple[float, dict[str, float]]] = {}  # key -> (until, ..)
         self._hours: dict[str, _SenderHour] = {}  # sender -> this hour as this worker sees it
+        self._asking: dict[tuple[str | None, ...], asyncio.Future[None]] = {}  # steps in flight
 
     def _k(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
@@ -501,6 +503,32 @@ class RedisBackend:
 
     async def take(self, buckets: Sequence[Bucket], now: float,
                    flags: str | None = None) -> TakeResult:
+        spent = self._spend_leased(buckets, now, flags)
+        if spent is not None:
+            return spent
+        # Another session of this worker is already asking Redis for the same buckets: wait
+        # for its answer (and the tokens it leases) rather than ask again.
+        step = (flags, *(b.key for b in buckets))
+        pending = self._asking.get(step)
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+            spent = self._spend_leased(buckets, now, flags)
+            if spent is not None:
+                return spent
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._asking[step] = fut
+        try:
+            return await self._take_from_redis(buckets, now, flags)
+        finally:
+            if self._asking.get(step) is fut:
+                del self._asking[step]
+            fut.set_result(None)
+
+    def _spend_leased(self, buckets: Sequence[Bucket], now: float,
+                      flags: str | None) -> TakeResult | None:
+        """The step taken from this worker's leased tokens (and cached flags), or None when
+        they do not cover it."""
         cached = self._flag_cache.get(flags) if flags else None
         live = cached[1] if cached is not None and cached[0] > now else None
         if flags is None or live is not None:
@@ -512,6 +540,10 @@ class RedisBackend:
                     ls[0] -= b.amount
                     self._lease_size(b, now)  # counts the demand
                 return TakeResult(-1, 0.0, {f: u for f, u in (live or {}).items() if u > now})
+        return None
+
+    async def _take_from_redis(self, buckets: Sequence[Bucket], now: float,
+                               flags: str | None) -> TakeResult:
         keys = [self._k("b", b.key) for b in buckets]
         if flags:
             keys.append(self._k("f", flags))

@@ -183,3 +183,23 @@ async def test_anomaly_counts_batched_yet_exact(redis_server: RedisServer) -> No
     assert (cur.messages, cur.domains, cur.phi_sum) == (1, 1, 1.0)
     for be in (a, b, c):
         await be.close()
+
+
+async def test_concurrent_sessions_share_one_refill(redis_server: RedisServer) -> None:
+    """Sessions of one worker that run out of leased tokens together wait for one Redis call
+    (and the tokens it leases) instead of each making its own."""
+    import asyncio
+
+    from gateway.ratelimit import LEASE_FOR, Bucket
+
+    be = RedisBackend(redis_server.url, 1.0)
+    calls = count_calls((be,), "_take")
+    busy = Bucket("sender:y:messages:second", 1000.0, 1000.0, 1.0, 2)
+    for _ in range(30):  # demand learned: the next call leases
+        assert (await be.take([busy], 0.0)).denied == -1
+    calls["n"] = 0
+    t = LEASE_FOR * 1.5
+    results = await asyncio.gather(*(be.take([busy], t) for _ in range(20)))
+    assert all(r.denied == -1 for r in results)
+    assert calls["n"] <= 2, calls  # 20 sessions at once: one refill (without sharing: 20)
+    await be.close()
