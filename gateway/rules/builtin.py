@@ -256,21 +256,7 @@ def _is_name(w: str) -> bool:
 def _tokens(text: str) -> list[tuple[str, int]]:
     """Words with their offsets; a trailing '.' stays on initials and titles, a possessive
     "'s" is dropped ("Mark's labs")."""
-    out = []
-    # findall and find rather than finditer (match objects are slow): a word starts at every
-    # ASCII letter not inside the word before, so the next occurrence of a word after the
-    # one before is where it was found
-    find = text.find
-    pos = 0
-    for w in _WORD.findall(text):
-        off = find(w, pos)
-        pos = off + len(w)
-        if len(w) > 2:
-            w = w.rstrip(".")
-            if w.endswith(("'s", "'S")):
-                w = w[:-2]
-        out.append((w, off))
-    return out
+    return list(zip(*_token_lists(text), strict=True))
 
 
 _FIRST, _LAST = 1, 2
@@ -319,6 +305,9 @@ def _signature(before: str) -> bool:
 
 def _token_lists(text: str) -> tuple[list[str], list[int]]:
     """``_tokens`` as two lists, words and offsets."""
+    # findall and find rather than finditer (match objects are slow): a word starts at every
+    # ASCII letter not inside the word before, so the next occurrence of a word after the
+    # one before is where it was found
     ws: list[str] = []
     offs: list[int] = []
     find = text.find
