@@ -19,12 +19,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from .builtin import _US_STATES, _words
 from .engine import ContextualValidator
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
 
 _DATA = Path(__file__).resolve().parent / "data" / "us_places.txt"
 _COUNTY_WORDS = ("County", "Parish", "Borough")
@@ -101,16 +97,12 @@ def _county_name_before(before: str, text: str, after: str) -> bool:
 
 
 _CITY_STATE = re.compile(r"^(?P<city>[^,]+),[ \t]*(?P<state>[A-Z]{2})\b")
-_STATES = _words("""
-AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM
-NY NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY PR VI GU AS MP
-""")
 
 
 def city_state_zip(text: str) -> bool:
     """'Fresno, CA 93726': a real city before a state abbreviation and a ZIP code."""
     m = _CITY_STATE.match(text)
-    return m is not None and m.group("state") in _STATES and _some_suffix_is_place(
+    return m is not None and m.group("state") in _US_STATES and _some_suffix_is_place(
         m.group("city").split())
 
 

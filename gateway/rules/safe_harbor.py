@@ -12,13 +12,9 @@ import re
 from collections.abc import Callable
 
 from . import wordlists
+from .builtin import _signature, _words
 from .engine import ContextualValidator
 from .validators import date
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
 
 # --------------------------------------------------------------------------- dates
 
@@ -106,10 +102,6 @@ _CLINICIAN_AFTER = re.compile(
     r"^[ \t]*(?:,[ \t]*(?:M\.?D|D\.?O|N\.?P|PA-C|PA|R\.?N|LPN|Ph\.?D|PharmD|DDS|LCSW|APRN|FNP|"
     r"DNP|MSN|BSN|MPH|CNM|PsyD|[A-Z][A-Za-z]+[ \t]+(?:Specialist|Coordinator|Manager|Director|"
     r"Educator|Nurse|Navigator|Analyst))\b|<|\[mailto:|[ \t]*wrote:)")
-_VALEDICTION = re.compile(r"(?:thanks|thank you|regards|best|sincerely|cheers|respectfully|"
-                          r"warmly|best regards|kind regards|--|-)[ \t]*[,.!]?[ \t]*\r?\n[ \t]*$",
-                          re.I)
-
 
 @functools.cache
 def _name_sets() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
@@ -142,7 +134,7 @@ def _not_a_patient_position(before: str, after: str) -> bool:
     """A clinician, a correspondent, an addressee or a signature rather than a patient."""
     line = before[before.rfind("\n") + 1:]
     return bool(_DOCTOR_BEFORE.search(line) or _ROLE_BEFORE.search(line)
-                or _CLINICIAN_AFTER.match(after) or _VALEDICTION.search(before[-40:]))
+                or _CLINICIAN_AFTER.match(after) or _signature(before))
 
 
 def _hyphenated_name(before: str, text: str, after: str) -> bool:
