@@ -489,8 +489,10 @@ class RedisBackend:
 
     def _lease_size(self, b: Bucket, now: float) -> int:
         """How many tokens to lease beyond this take: what this process took from the bucket
-        in the last lease period, at most ``LEASE_MAX`` and a tenth of what the bucket refills
-        in a period (so a small limit is never leased, and is exact)."""
+        in the last lease period or so far in this one (a burst after a quiet spell doubles
+        its lease with each call, like TCP's slow start), at most ``LEASE_MAX`` and a tenth of
+        what the bucket refills in a period (so a small limit is never leased, and is
+        exact)."""
         d = self._demand.get(b.key)
         if d is None or now - d[1] > 2 * LEASE_FOR:
             d = self._demand[b.key] = [0.0, now, 0.0]
@@ -499,7 +501,7 @@ class RedisBackend:
         d[0] += 1
         if b.amount != 1.0:
             return 0
-        return int(min(LEASE_MAX, d[2], b.rate * LEASE_FOR * LEASE_SHARE))
+        return int(min(LEASE_MAX, max(d[2], d[0]), b.rate * LEASE_FOR * LEASE_SHARE))
 
     async def take(self, buckets: Sequence[Bucket], now: float,
                    flags: str | None = None) -> TakeResult:
@@ -548,9 +550,13 @@ class RedisBackend:
         if flags:
             keys.append(self._k("f", flags))
         args: list[Any] = [repr(now), len(buckets)]
-        for b in buckets:
-            args += [repr(b.capacity), repr(b.rate), repr(b.amount), b.ttl,
-                     self._lease_size(b, now)]
+        leases = [self._lease_size(b, now) for b in buckets]
+        if min(leases) == 0:
+            # leased tokens are spent only for a step whose every bucket has some: leasing
+            # from the others would only take tokens nobody spends
+            leases = [0] * len(buckets)
+        for b, lease in zip(buckets, leases, strict=True):
+            args += [repr(b.capacity), repr(b.rate), repr(b.amount), b.ttl, lease]
         denied, tokens, flat, *grants = await self._take(keys=keys, args=args)
         found = {str(flat[i]): float(flat[i + 1]) for i in range(0, len(flat), 2)}
         if flags:

@@ -203,3 +203,22 @@ async def test_concurrent_sessions_share_one_refill(redis_server: RedisServer) -
     assert all(r.denied == -1 for r in results)
     assert calls["n"] <= 2, calls  # 20 sessions at once: one refill (without sharing: 20)
     await be.close()
+
+
+async def test_a_step_with_an_unleased_bucket_leases_nothing(redis_server: RedisServer) -> None:
+    """A step that also takes from a bucket too slow to lease (a daily limit) goes to Redis
+    every time: leasing from its other buckets then would hoard tokens nobody spends, and
+    another worker sharing the busy bucket, well under the limit, would be refused."""
+    from gateway.ratelimit import Bucket
+
+    a = RedisBackend(redis_server.url, 1.0)
+    b = RedisBackend(redis_server.url, 1.0)
+    busy = Bucket("sender:z:messages:second", 100.0, 100.0, 1.0, 2)
+    slow = Bucket("sender:z:messages:day", 10000.0, 10000.0 / 86400, 1.0, 86401)
+    for i in range(150):  # 3 s: 50 a second from each worker against 100 a second
+        now = i * 0.02
+        assert (await a.take([busy, slow], now)).denied == -1, i
+        assert (await b.take([busy], now + 0.01)).denied == -1, i
+    assert not a._leases.get(busy.key)  # nothing hoarded
+    await a.close()
+    await b.close()
