@@ -1045,7 +1045,6 @@ def _ratelimit(data: Any, chk: _Checker) -> RateLimitConfig:
         "enabled", "redis", "redis_timeout", "on_redis_error", "exempt", "trusted_ip",
         "groups", "anomaly", "snapshot_interval"])
     base = RateLimitConfig()
-    redis_url = _redis_url
 
     groups: list[LimitGroup] = []
     raw_groups = d.get("groups")
@@ -1107,7 +1106,7 @@ def _ratelimit(data: Any, chk: _Checker) -> RateLimitConfig:
     )
     return RateLimitConfig(
         enabled=chk.get(d, "ratelimit", "enabled", _bool, base.enabled),
-        redis=chk.get(d, "ratelimit", "redis", redis_url, None),
+        redis=chk.get(d, "ratelimit", "redis", _redis_url, None),
         redis_timeout=chk.get(d, "ratelimit", "redis_timeout", _duration, base.redis_timeout),
         on_redis_error=chk.get(d, "ratelimit", "on_redis_error", _choice("open", "closed"),
                                base.on_redis_error),

@@ -59,7 +59,7 @@ def take(raw: bytes) -> tuple[bytes, str | None]:
     if not _ANY_TAG.search(decoded):
         return raw, None
     phrase = find(decoded)
-    new = _ANY_TAG.sub("[secure]", decoded)
+    new = as_secure(decoded)
     value = Header(new, "utf-8" if not new.isascii() else "us-ascii",
                    header_name="Subject").encode(linesep="\r\n")
     nl = b"\r\n" if b"\r\n" in head else b"\n"

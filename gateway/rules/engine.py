@@ -764,7 +764,8 @@ class Engine:
                                 found = e
                                 break
                             continue
-                    # _valid, inlined
+                    # the validator on the span (a contextual one also sees the text around
+                    # it, up to a chunk boundary)
                     text = data[start:e].decode("utf-8", "replace")
                     if not contextual:
                         ok = check(text)
@@ -821,19 +822,6 @@ def _taken_apart(fn: Callable[[str], bool] | None) -> tuple[
     if isinstance(fn, ContextualValidator):
         return True, fn.prefilter, fn.check, fn.before, fn.after
     return False, None, fn, 0, 0
-
-
-def _valid(fn: Callable[[str], bool], data: bytes, start: int, end: int) -> bool:
-    text = data[start:end].decode("utf-8", "replace")
-    if isinstance(fn, ContextualValidator):
-        if fn.prefilter is not None and not fn.prefilter(text):
-            return False
-        lo = data.rfind(b"\x00", max(0, start - fn.before), start) + 1
-        hi = data.find(b"\x00", end, end + fn.after)
-        before = data[max(lo, start - fn.before):start].decode("utf-8", "replace")
-        after = data[end:hi if hi >= 0 else end + fn.after].decode("utf-8", "replace")
-        return fn.check(before, text, after)
-    return fn(text)
 
 
 def _word_ends(data: bytes, ends: list[int], tries: int = 3) -> list[int]:
